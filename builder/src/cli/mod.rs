@@ -1,0 +1,40 @@
+//! Command-line interface (the contract in DESIGN.md). Doc comments are the help text.
+
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+
+use crate::error::{exit_code_for, report};
+
+/// Build immutable A/B operating-system disk images from one YAML manifest.
+#[derive(Debug, Parser)]
+#[command(name = "abforge", version, about, long_about = None)]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {}
+
+/// Parses the arguments, runs the subcommand and turns its result into an exit status.
+pub fn main() -> ExitCode {
+    let cli = match Cli::try_parse() {
+        Ok(cli) => cli,
+        Err(err) => {
+            let _ = err.print();
+            return if err.use_stderr() { ExitCode::from(2) } else { ExitCode::SUCCESS };
+        }
+    };
+    match run(cli.command) {
+        Ok(code) => code,
+        Err(err) => {
+            report(&err);
+            exit_code_for(&err)
+        }
+    }
+}
+
+fn run(command: Command) -> anyhow::Result<ExitCode> {
+    match command {}
+}

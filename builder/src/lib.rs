@@ -1,0 +1,8 @@
+//! abforge: builds immutable A/B operating-system disk images from a YAML manifest.
+//!
+//! Data flows one way: manifest → validated plan (pure, no I/O) → partition
+//! producers → verity → disk container → report. This crate is the only one that
+//! reads files named in a manifest or on the command line.
+
+pub mod cli;
+pub mod error;

@@ -1,0 +1,1 @@
+//! dm-verity hash trees and superblocks (cryptsetup `veritysetup format` compatible).
