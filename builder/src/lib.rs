@@ -4,5 +4,12 @@
 //! producers → verity → disk container → report. This crate is the only one that
 //! reads files named in a manifest or on the command line.
 
+pub mod build;
 pub mod cli;
 pub mod error;
+pub mod identity;
+pub mod inputs;
+pub mod inspect;
+pub mod manifest;
+pub mod plan;
+pub mod report;

@@ -78,6 +78,8 @@ where
     run_ok(Command::new(tool(name)).args(args).env("LC_ALL", "C"))
 }
 
+pub mod layout;
+
 /// A scratch directory removed when dropped.
 pub fn scratch() -> tempfile::TempDir {
     tempfile::Builder::new().prefix("abforge-test-").tempdir().expect("scratch directory")

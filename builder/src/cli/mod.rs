@@ -4,6 +4,9 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 
+pub mod build;
+pub mod inspect;
+
 use crate::error::{exit_code_for, report};
 
 /// Build immutable A/B operating-system disk images from one YAML manifest.
@@ -15,7 +18,11 @@ pub struct Cli {
 }
 
 #[derive(Debug, Subcommand)]
-pub enum Command {}
+pub enum Command {
+    Build(build::BuildArgs),
+    Validate(build::ValidateArgs),
+    Inspect(inspect::InspectArgs),
+}
 
 /// Parses the arguments, runs the subcommand and turns its result into an exit status.
 pub fn main() -> ExitCode {
@@ -36,5 +43,9 @@ pub fn main() -> ExitCode {
 }
 
 fn run(command: Command) -> anyhow::Result<ExitCode> {
-    match command {}
+    match command {
+        Command::Build(args) => build::run_build(args),
+        Command::Validate(args) => build::run_validate(args),
+        Command::Inspect(args) => inspect::run_inspect(args),
+    }
 }

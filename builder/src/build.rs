@@ -1,0 +1,213 @@
+//! `abforge build`: runs the partition producers in parallel into their windows
+//! of the output, writes the GPT, then the report. Every output is written under a
+//! temporary name and renamed when complete, so a failed build leaves nothing
+//! under a final name.
+
+use std::fs::{self, File};
+use std::io;
+use std::path::{Path, PathBuf};
+
+use abforge_partitions::fat::{self, FatOptions};
+use abforge_partitions::gpt::{GptLayout, PartitionEntry, SECTOR_SIZE};
+use abforge_partitions::tree::Timestamp;
+use abforge_partitions::FileRegion;
+use anyhow::{bail, Context as _};
+use rayon::prelude::*;
+use sha2::{Digest, Sha256};
+
+use crate::container::source::file_data_ranges;
+use crate::container::{is_zero, write_atomically};
+use crate::inputs::Inputs;
+use crate::manifest::{FilesystemKind, ImageFormat};
+use crate::plan::{Plan, PlannedPartition};
+use crate::report::{ImageReport, Report};
+
+/// What building one partition produced, for the report.
+#[derive(Debug, Default, Clone)]
+struct Produced {
+    label: Option<String>,
+    fs_id: Option<String>,
+}
+
+/// Paths of a finished build.
+#[derive(Debug)]
+pub struct BuildOutput {
+    pub image: PathBuf,
+    pub report_path: PathBuf,
+    pub report: Report,
+}
+
+/// Builds the image of `plan` into `out_dir`.
+pub fn build(plan: &Plan, inputs: &Inputs, out_dir: &Path) -> anyhow::Result<BuildOutput> {
+    fs::create_dir_all(out_dir)
+        .with_context(|| format!("cannot create output directory {}", out_dir.display()))?;
+    let image_name = format!("{}.{}", plan.name, plan.format.extension());
+    let image = out_dir.join(&image_name);
+    let report_path = out_dir.join(format!("{}.json", plan.name));
+
+    let (produced, image_report) = match plan.format {
+        ImageFormat::Raw => write_atomically(&image, |file| {
+            file.set_len(plan.disk_size)
+                .with_context(|| format!("cannot size {} to {} bytes", image.display(), plan.disk_size))?;
+            let produced = produce_partitions(plan, inputs, |p| FileRegion::new(file, p.offset, p.size))?;
+            write_gpt(plan, file)?;
+            let image_report = describe_image(file, &image_name, plan.disk_size, false)?;
+            Ok((produced, image_report))
+        })?,
+        ImageFormat::Vhdx => bail!("the vhdx format is not supported yet: use --format raw"),
+    };
+
+    let mut report = Report::from_plan(plan, image_report);
+    for (entry, produced) in report.partitions.iter_mut().zip(produced) {
+        entry.label = produced.label;
+        entry.fs_id = produced.fs_id;
+    }
+    let written = write_atomically(&report_path, |file| {
+        use std::io::Write;
+        let mut writer = file;
+        writer.write_all(report.to_json().as_bytes()).context("cannot write the build report")
+    });
+    if let Err(err) = written {
+        // The image is only complete with its report: take it back.
+        let _ = fs::remove_file(&image);
+        return Err(err);
+    }
+    Ok(BuildOutput { image, report_path, report })
+}
+
+/// Runs every partition's producer in parallel; `region` gives the window each
+/// one writes into. Results are in GPT order.
+fn produce_partitions<'a>(
+    plan: &Plan,
+    inputs: &Inputs,
+    region: impl Fn(&PlannedPartition) -> FileRegion<'a> + Sync,
+) -> anyhow::Result<Vec<Produced>> {
+    plan.partitions
+        .par_iter()
+        .map(|partition| {
+            produce(plan, inputs, partition, region(partition))
+                .with_context(|| format!("writing partition '{}'", partition.name))
+        })
+        .collect()
+}
+
+fn produce(
+    plan: &Plan,
+    inputs: &Inputs,
+    partition: &PlannedPartition,
+    region: FileRegion<'_>,
+) -> anyhow::Result<Produced> {
+    match partition.filesystem {
+        FilesystemKind::None => Ok(Produced::default()),
+        FilesystemKind::Vfat => {
+            let empty;
+            let tree = match inputs.trees.get(&partition.index) {
+                Some(tree) => tree,
+                None => {
+                    empty = abforge_partitions::tree::FileTree::new(Default::default());
+                    &empty
+                }
+            };
+            let volume_id = plan.seed.fat_volume_id(&partition.template);
+            let label = fat_label(&partition.label);
+            let options = FatOptions {
+                volume_id,
+                label: label.clone(),
+                timestamp: Timestamp::from_seconds(plan.source_date_epoch),
+                hidden_sectors: u32::try_from(partition.offset / SECTOR_SIZE).unwrap_or(u32::MAX),
+            };
+            fat::write_fat(tree, &options, region)?;
+            Ok(Produced { label: Some(label), fs_id: Some(format!("{volume_id:08x}")) })
+        }
+        FilesystemKind::Ext4 => bail!("ext4 is not supported yet"),
+    }
+}
+
+/// A FAT label from a partition label: upper case, at most 11 bytes.
+fn fat_label(label: &str) -> String {
+    label.to_ascii_uppercase().chars().filter(|c| c.is_ascii_graphic() || *c == ' ').take(11).collect()
+}
+
+/// The GPT of the plan.
+pub fn gpt_layout(plan: &Plan) -> GptLayout {
+    GptLayout {
+        disk_guid: plan.disk_guid,
+        disk_size_bytes: plan.disk_size,
+        entries: plan
+            .partitions
+            .iter()
+            .map(|p| PartitionEntry {
+                type_guid: p.type_guid,
+                unique_guid: p.uuid,
+                first_lba: p.offset / SECTOR_SIZE,
+                last_lba: p.end() / SECTOR_SIZE - 1,
+                attributes: p.attributes,
+                name: p.name.clone(),
+            })
+            .collect(),
+    }
+}
+
+fn write_gpt(plan: &Plan, file: &File) -> anyhow::Result<()> {
+    let layout = gpt_layout(plan);
+    layout.write_to(file).context("writing the partition table")?;
+    Ok(())
+}
+
+/// Size and digests of a written image (see [`ImageReport`]).
+fn describe_image(file: &File, name: &str, virtual_size: u64, whole_file_digest: bool) -> anyhow::Result<ImageReport> {
+    use std::os::unix::fs::FileExt;
+    const BLOCK: u64 = 4096;
+    let len = file.metadata()?.len();
+    let mut data = Sha256::new();
+    let mut whole = whole_file_digest.then(Sha256::new);
+    let mut stored = 0u64;
+    let mut buf = vec![0u8; 1 << 20];
+    let mut hashed_to = 0u64;
+    for range in file_data_ranges(file, 0..len)? {
+        let start = range.start / BLOCK * BLOCK;
+        let mut offset = start.max(hashed_to);
+        while offset < range.end {
+            let n = usize::try_from((range.end.div_ceil(BLOCK) * BLOCK).min(len) - offset)
+                .unwrap_or(usize::MAX)
+                .min(buf.len());
+            let chunk = &mut buf[..n];
+            file.read_exact_at(chunk, offset).map_err(|e| read_error(e, offset))?;
+            for (i, block) in chunk.chunks(BLOCK as usize).enumerate() {
+                if !is_zero(block) {
+                    data.update((offset + i as u64 * BLOCK).to_le_bytes());
+                    data.update(block);
+                    stored += block.len() as u64;
+                }
+            }
+            offset += n as u64;
+        }
+        hashed_to = offset;
+    }
+    if let Some(whole) = whole.as_mut() {
+        let mut offset = 0;
+        while offset < len {
+            let n = usize::try_from(len - offset).unwrap_or(usize::MAX).min(buf.len());
+            file.read_exact_at(&mut buf[..n], offset).map_err(|e| read_error(e, offset))?;
+            whole.update(&buf[..n]);
+            offset += n as u64;
+        }
+        stored = len;
+    }
+    Ok(ImageReport {
+        path: name.to_string(),
+        sha256: whole.map(|h| hex(&h.finalize())),
+        data_sha256: hex(&data.finalize()),
+        virtual_size,
+        stored_bytes: stored,
+    })
+}
+
+fn read_error(err: io::Error, offset: u64) -> anyhow::Error {
+    anyhow::Error::new(err).context(format!("reading back the image at byte {offset}"))
+}
+
+/// Lower-case hex.
+pub fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}

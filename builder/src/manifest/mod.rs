@@ -1,0 +1,247 @@
+//! The manifest: one YAML file describing the whole A/B image (DESIGN.md,
+//! "Manifest"). Parsing is strict: unknown keys, wrong types and bad sizes are
+//! errors naming the file, line and column.
+//!
+//! YAML crate: `serde_yaml` is deprecated and unmaintained, and its forks either
+//! carry advisories (`serde_yml`) or keep its weak error locations. `serde-saphyr`
+//! is maintained, panic-free on hostile input, reports line and column for every
+//! error, and offers `Spanned<T>` so checks made after parsing (overlaps,
+//! duplicate names) can point at the line too.
+
+pub mod size;
+
+use std::fmt;
+use std::path::{Path, PathBuf};
+
+use serde::Deserialize;
+pub use serde_saphyr::Spanned;
+
+pub use size::{Size, SizeSpec};
+
+/// A location in a manifest, for messages: `file:line:column`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct SourceLocation {
+    pub file: PathBuf,
+    pub line: u32,
+    pub column: u32,
+}
+
+impl fmt::Display for SourceLocation {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}:{}:{}", self.file.display(), self.line, self.column)
+    }
+}
+
+/// A manifest error: what is wrong and, where known, where.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ManifestError {
+    pub location: Option<SourceLocation>,
+    pub message: String,
+}
+
+impl fmt::Display for ManifestError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match &self.location {
+            Some(location) => write!(f, "{location}: {}", self.message),
+            None => f.write_str(&self.message),
+        }
+    }
+}
+
+impl std::error::Error for ManifestError {}
+
+/// Output container of `build`.
+#[derive(Clone, Copy, PartialEq, Eq, Debug, Deserialize, serde::Serialize, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum ImageFormat {
+    Vhdx,
+    Raw,
+}
+
+impl ImageFormat {
+    pub fn extension(self) -> &'static str {
+        match self {
+            ImageFormat::Vhdx => "vhdx",
+            ImageFormat::Raw => "raw",
+        }
+    }
+}
+
+/// The file system a partition is formatted with.
+#[derive(Clone, Copy, PartialEq, Eq, Debug, Deserialize, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum FilesystemKind {
+    Vfat,
+    Ext4,
+    /// Left unformatted (all zero), like EFLOW's `Unused` partition.
+    None,
+}
+
+impl FilesystemKind {
+    pub fn name(self) -> &'static str {
+        match self {
+            FilesystemKind::Vfat => "vfat",
+            FilesystemKind::Ext4 => "ext4",
+            FilesystemKind::None => "none",
+        }
+    }
+}
+
+/// Where a root partition's dm-verity hash tree goes.
+#[derive(Clone, Copy, PartialEq, Eq, Debug, Deserialize, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum VerityMode {
+    /// After the file system, in the same partition.
+    Appended,
+    /// In the paired DPS root-verity partition.
+    Partition,
+    None,
+}
+
+/// The whole manifest as written.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Manifest {
+    /// Image name: names the output files and becomes IMAGE_ID.
+    pub name: Spanned<String>,
+    pub version: Spanned<String>,
+    /// Every GUID, UUID, salt and volume id derives from it.
+    pub seed: Spanned<String>,
+    /// Timestamp for every file and header; SOURCE_DATE_EPOCH and
+    /// `--source-date-epoch` override it.
+    #[serde(default)]
+    pub source_date_epoch: Option<Spanned<i64>>,
+    #[serde(default)]
+    pub format: Option<Spanned<ImageFormat>>,
+    /// Slot names, in order (default `[a, b]`).
+    #[serde(default)]
+    pub slots: Option<Spanned<Vec<Spanned<String>>>>,
+    /// Whole-disk size; derived from the partitions when absent.
+    #[serde(default)]
+    pub disk_size: Option<Spanned<Size>>,
+    #[serde(default)]
+    pub rootfs: Option<RootfsSpec>,
+    pub partitions: Spanned<Vec<PartitionSpec>>,
+}
+
+/// The root file-system source.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RootfsSpec {
+    /// A directory or a tar archive, relative to the manifest.
+    pub source: Spanned<String>,
+}
+
+/// One `partitions:` entry.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PartitionSpec {
+    /// GPT partition name; `{SLOT}` is replaced by the slot letter (upper case)
+    /// for `per_slot` entries.
+    pub name: Spanned<String>,
+    #[serde(default)]
+    pub per_slot: bool,
+    /// A name (`esp`, `root`, `root-verity`, `root-verity-sig`, `xbootldr`,
+    /// `var`, `linux`) or a GUID.
+    #[serde(rename = "type")]
+    pub type_: Spanned<String>,
+    pub size: Spanned<SizeSpec>,
+    /// Explicit start within the disk; otherwise right after the previous one.
+    #[serde(default)]
+    pub offset: Option<Spanned<Size>>,
+    #[serde(default)]
+    pub filesystem: Option<Spanned<FilesystemKind>>,
+    /// `rootfs` (the root source), `boot` (the boot payload), or a directory
+    /// relative to the manifest (write `./boot` for a directory named boot).
+    #[serde(default)]
+    pub contents: Option<Spanned<String>>,
+    /// File-system label (defaults to the partition name, cut to fit).
+    #[serde(default)]
+    pub label: Option<Spanned<String>>,
+    #[serde(default)]
+    pub read_only: bool,
+    #[serde(default)]
+    pub verity: Option<Spanned<VerityMode>>,
+    /// Where the running system mounts it (documentation, fstab).
+    #[serde(default)]
+    pub mount: Option<Spanned<String>>,
+}
+
+/// Reads and parses a manifest file.
+pub fn load(path: &Path) -> Result<(Manifest, String), ManifestError> {
+    let text = std::fs::read_to_string(path).map_err(|e| ManifestError {
+        location: None,
+        message: format!("cannot read manifest {}: {e}", path.display()),
+    })?;
+    let manifest = parse(path, &text)?;
+    Ok((manifest, text))
+}
+
+/// Parses manifest text; `path` is used in messages only.
+pub fn parse(path: &Path, text: &str) -> Result<Manifest, ManifestError> {
+    serde_saphyr::from_str::<Manifest>(text).map_err(|err| {
+        let location = err.location().map(|l| SourceLocation {
+            file: path.to_path_buf(),
+            line: u32::try_from(l.line()).unwrap_or(u32::MAX),
+            column: u32::try_from(l.column()).unwrap_or(u32::MAX),
+        });
+        ManifestError { location, message: plain_message(&err) }
+    })
+}
+
+/// The parser's message without its own "error: line N column M:" prefix and
+/// snippet, since we print the location ourselves.
+fn plain_message(err: &serde_saphyr::Error) -> String {
+    let text = err.without_snippet().to_string();
+    let first = text.lines().next().unwrap_or_default().trim();
+    let first = first.strip_prefix("error: ").unwrap_or(first);
+    let message = match first.find(": ") {
+        Some(i) if first.starts_with("line ") => &first[i + 2..],
+        _ => first,
+    };
+    message.replace('`', "'")
+}
+
+/// The location of a spanned manifest value, for messages.
+pub fn location_of<T>(path: &Path, spanned: &Spanned<T>) -> SourceLocation {
+    SourceLocation {
+        file: path.to_path_buf(),
+        line: u32::try_from(spanned.referenced.line()).unwrap_or(u32::MAX),
+        column: u32::try_from(spanned.referenced.column()).unwrap_or(u32::MAX),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse_text(text: &str) -> Result<Manifest, ManifestError> {
+        parse(Path::new("m.yaml"), text)
+    }
+
+    const MINIMAL: &str = "name: demo\nversion: '1'\nseed: s\npartitions:\n  - { name: ESP, type: esp, size: 8MiB, filesystem: vfat }\n";
+
+    #[test]
+    fn parses_a_minimal_manifest() {
+        let m = parse_text(MINIMAL).unwrap();
+        assert_eq!(m.name.value, "demo");
+        assert_eq!(m.partitions.value.len(), 1);
+        assert_eq!(m.partitions.value[0].size.value, SizeSpec::Fixed(Size(8 << 20)));
+    }
+
+    #[test]
+    fn unknown_keys_name_line_and_column() {
+        let text = MINIMAL.replace("seed: s\n", "seed: s\ncolour: blue\n");
+        let err = parse_text(&text).unwrap_err();
+        assert_eq!(err.location.as_ref().map(|l| (l.line, l.column)), Some((4, 1)));
+        assert!(err.to_string().starts_with("m.yaml:4:1: unknown field 'colour'"), "{err}");
+    }
+
+    #[test]
+    fn bad_sizes_are_explained() {
+        let text = MINIMAL.replace("8MiB", "8 megs");
+        let err = parse_text(&text).unwrap_err();
+        assert!(err.to_string().contains("'8 megs' is not a size"), "{err}");
+        assert_eq!(err.location.map(|l| l.line), Some(5));
+    }
+}

@@ -1,0 +1,64 @@
+//! Helpers for tests that build whole disks from manifests.
+
+use std::fs;
+use std::path::{Path, PathBuf};
+
+/// The EFLOW layout of boot-and-signing.md §1 with vfat ESPs whose contents come
+/// from `esp/` beside the manifest, and every other partition unformatted.
+pub const EFLOW_RAW: &str = "\
+name: eflow
+version: \"1.4.0\"
+seed: eflow-1.4.0
+source_date_epoch: 1700000000
+format: raw
+partitions:
+  - name: BootEFI{SLOT}
+    per_slot: true
+    type: esp
+    size: 8MiB
+    filesystem: vfat
+    contents: esp/
+  - { name: Boot{SLOT}, per_slot: true, type: linux, size: 192MiB }
+  - { name: RootFS{SLOT}, per_slot: true, type: root, size: 4GiB, read_only: true }
+  - { name: Unused, type: linux, size: 4GiB }
+  - { name: Log, type: linux, size: 1GiB }
+  - { name: Data, type: linux, size: 2GiB }
+";
+
+/// Writes a manifest and an ESP tree (a 300 KB `EFI/BOOT/BOOTX64.EFI` of pattern
+/// bytes, a long-file-name file and a 1.5 MB payload) into `dir`; returns the manifest path.
+pub fn write_eflow_project(dir: &Path, manifest: &str) -> PathBuf {
+    let boot = dir.join("esp/EFI/BOOT");
+    fs::create_dir_all(&boot).unwrap();
+    fs::write(boot.join("BOOTX64.EFI"), bootx64_bytes()).unwrap();
+    let abforge = dir.join("esp/EFI/abforge");
+    fs::create_dir_all(&abforge).unwrap();
+    fs::write(abforge.join("a rather long file name.txt"), b"long names work\n").unwrap();
+    // Enough content that a 1 MiB ESP cannot hold it.
+    fs::write(abforge.join("payload.bin"), vec![0x5a; 1_500_000]).unwrap();
+    let path = dir.join("eflow.yaml");
+    fs::write(&path, manifest).unwrap();
+    path
+}
+
+/// The pattern the test ESP's BOOTX64.EFI holds.
+pub fn bootx64_bytes() -> Vec<u8> {
+    (0..300_000u32).map(|i| (i.wrapping_mul(2_654_435_761) >> 24) as u8).collect()
+}
+
+/// Copies `len` bytes at `offset` of `image` into a new file (for tools that do
+/// not take an offset).
+pub fn extract(image: &Path, offset: u64, len: u64, to: &Path) {
+    use std::io::{Read, Seek, SeekFrom, Write};
+    let mut input = fs::File::open(image).unwrap();
+    input.seek(SeekFrom::Start(offset)).unwrap();
+    let mut output = fs::File::create(to).unwrap();
+    std::io::copy(&mut input.by_ref().take(len), &mut output).unwrap();
+    output.flush().unwrap();
+}
+
+/// Bytes allocated on disk for a file (st_blocks × 512), as `du` reports.
+pub fn allocated_bytes(path: &Path) -> u64 {
+    use std::os::unix::fs::MetadataExt;
+    fs::metadata(path).unwrap().blocks() * 512
+}
