@@ -106,13 +106,36 @@ fn check_key_line(line: &str, kind: KeyListKind) -> Result<(), String> {
     Ok(())
 }
 
+/// The options sshd(8) knows in authorized_keys (AUTHORIZED_KEYS FILE FORMAT).
+const KEY_OPTIONS: &[&str] = &[
+    "agent-forwarding",
+    "cert-authority",
+    "command",
+    "environment",
+    "expiry-time",
+    "from",
+    "no-agent-forwarding",
+    "no-port-forwarding",
+    "no-pty",
+    "no-touch-required",
+    "no-user-rc",
+    "no-x11-forwarding",
+    "permitlisten",
+    "permitopen",
+    "port-forwarding",
+    "principals",
+    "pty",
+    "restrict",
+    "tunnel",
+    "user-rc",
+    "verify-required",
+    "x11-forwarding",
+];
+
 /// Options start with a known option word followed by `,`, `=` or the end.
 fn looks_like_options(token: &str) -> bool {
     let word_end = token.find([',', '=']).unwrap_or(token.len());
-    let word = &token[..word_end];
-    !word.is_empty()
-        && word.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-')
-        && word.bytes().next().is_some_and(|b| b.is_ascii_alphabetic())
+    KEY_OPTIONS.contains(&token[..word_end].to_ascii_lowercase().as_str())
 }
 
 /// Byte index where the options field ends (the first white space outside quotes).
