@@ -918,3 +918,15 @@ fn partuuids_come_from_the_context() {
     assert!(fstab.contains("PARTUUID=11111111-2222-4333-8444-555555555555 /var "));
     assert!(fstab.contains(&format!("PARTUUID={LOG_UUID} /logs ")));
 }
+
+#[test]
+fn unquoted_modes_are_read_as_octal_text() {
+    // YAML would read 0644 as a number; the manifest keeps the text, so the
+    // mode means what it looks like.
+    let cfg = parse(
+        "system: { files: [ { path: /etc/x, content: a, mode: 0644 }, { path: /etc/y, content: a, mode: 750, owner: 0:0 } ] }\n",
+    );
+    assert_eq!(cfg.files[0].permissions(), Ok(0o644));
+    assert_eq!(cfg.files[1].permissions(), Ok(0o750));
+    assert!(cfg.validate(Path::new("/")).is_empty());
+}
