@@ -31,6 +31,10 @@ declare -A packages=(
   [grub-mkstandalone]=grub-common
   [debootstrap]=debootstrap
   [depmod]=kmod
+  [ip]=iproute2
+  [unshare]=util-linux
+  [nsenter]=util-linux
+  [ssh-keygen]=openssh-client
 )
 # Files (not commands) that tests need, and their packages.
 declare -A files=(

@@ -36,6 +36,10 @@ const TOOLS: &[&str] = &[
     "grub-mkstandalone",
     "debootstrap",
     "depmod",
+    "ip",
+    "unshare",
+    "nsenter",
+    "ssh-keygen",
 ];
 
 fn search_path() -> Vec<PathBuf> {
