@@ -800,8 +800,12 @@ fn parse_hex(key: &str, value: &str) -> Result<Vec<u8>, ParamsError> {
         return Err(invalid(key, value, "expected an even number of hex digits".into()));
     }
     let digit = |b: u8| -> u8 {
-        // Checked above to be a hex digit, so to_digit(16) is Some and below 16.
-        char::from(b).to_digit(16).map_or(0, |d| d as u8)
+        // Checked above to be a hex digit.
+        match b {
+            b'0'..=b'9' => b - b'0',
+            b'a'..=b'f' => b - b'a' + 10,
+            _ => b - b'A' + 10,
+        }
     };
     Ok(value.as_bytes().chunks(2).map(|pair| (digit(pair[0]) << 4) | digit(pair[1])).collect())
 }
