@@ -322,3 +322,54 @@ fn we_read_what_grub_editenv_writes() {
         "abforge_default=b\nabforge_try=a\nnl=a\nb\npath=C:\\x\n"
     );
 }
+
+#[test]
+#[cfg_attr(
+    not(any(ci, have_grub_editenv)),
+    ignore = "needs grub-script-check (package grub-common)"
+)]
+fn grub_script_check_accepts_the_generated_configs() {
+    use abforge_kernels::cmdline::{DeviceRef, InitParams, RootStyle};
+    use abforge_kernels::grub::{SelectorConfig, SelectorSlot, SlotConfig};
+    let dir = scratch();
+    let mut params = InitParams::new(Slot::a(), DeviceRef::PartLabel("RootFSA".into()));
+    params.overlays = vec!["/etc".into()];
+    params.overlay_dir = Some("/var/.eflow/overlays".into());
+    let mut kernel_params = params.to_params(RootStyle::Abforge).unwrap();
+    kernel_params.push(abforge_kernels::cmdline::Param::new("msg", "two words").unwrap());
+    let slot_cfg = grub::render_slot_config(&SlotConfig {
+        slot: Slot::a(),
+        kernel: "/vmlinuz".into(),
+        initrd: "/initrd.img".into(),
+        params: kernel_params,
+    })
+    .unwrap();
+    let selector = grub::render_selector(&SelectorConfig {
+        slots: vec![
+            SelectorSlot {
+                slot: Slot::a(),
+                boot_fs_uuid: "0a0a0a0a-0000-4000-8000-000000000001".parse().unwrap(),
+            },
+            SelectorSlot {
+                slot: Slot::b(),
+                boot_fs_uuid: "0b0b0b0b-0000-4000-8000-000000000002".parse().unwrap(),
+            },
+        ],
+        timeout_seconds: 0,
+        serial_console: true,
+    })
+    .unwrap();
+    for (name, text) in [
+        ("grub.cfg", slot_cfg.as_str()),
+        ("select.cfg", selector.as_str()),
+        ("embedded.cfg", grub::EMBEDDED_CONFIG),
+    ] {
+        let path = dir.path().join(name);
+        fs::write(&path, text).unwrap();
+        run_ok(Command::new(tool("grub-script-check")).arg(&path));
+    }
+    // grub-script-check must be able to fail: an unterminated if is refused.
+    let broken = dir.path().join("broken.cfg");
+    fs::write(&broken, "if [ -n x ]; then\necho\n").unwrap();
+    assert!(!Command::new(tool("grub-script-check")).arg(&broken).status().unwrap().success());
+}
