@@ -35,6 +35,8 @@ declare -A packages=(
   [unshare]=util-linux
   [nsenter]=util-linux
   [ssh-keygen]=openssh-client
+  [bsdcat]=libarchive-tools
+  [grub-script-check]=grub-common
 )
 # Files (not commands) that tests need, and their packages.
 declare -A files=(

@@ -40,6 +40,8 @@ const TOOLS: &[&str] = &[
     "unshare",
     "nsenter",
     "ssh-keygen",
+    "bsdcat",
+    "grub-script-check",
 ];
 
 fn search_path() -> Vec<PathBuf> {
