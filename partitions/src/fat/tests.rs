@@ -15,7 +15,7 @@ fn file(bytes: Vec<u8>) -> Node {
 }
 
 fn pattern(len: usize, seed: u8) -> Vec<u8> {
-    (0..len).map(|i| (i % 251) as u8 ^ seed).collect()
+    (0..len).map(|i| u8::try_from(i % 251).unwrap() ^ seed).collect()
 }
 
 fn esp_tree() -> FileTree {

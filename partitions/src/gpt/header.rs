@@ -4,12 +4,14 @@
 
 use crate::guid::Guid;
 
-use super::{PartitionEntry, SECTOR_SIZE};
+use super::{PartitionEntry, SECTOR_BYTES};
 
 /// Bytes of header covered by the CRC in the headers written here (revision 1.0).
 pub const HEADER_SIZE: usize = 92;
 /// Bytes per partition entry written here.
 pub const ENTRY_SIZE: usize = 128;
+pub const ENTRY_SIZE_U32: u32 = 128;
+const HEADER_SIZE_U32: u32 = 92;
 
 pub const SIGNATURE: &[u8; 8] = b"EFI PART";
 pub const REVISION_1_0: u32 = 0x0001_0000;
@@ -90,12 +92,11 @@ pub fn header_crc(sector: &[u8], size: usize) -> u32 {
 
 impl Header {
     /// The whole 512-byte sector: the 92-byte header then zeros.
-    pub fn to_sector(&self) -> [u8; SECTOR_SIZE as usize] {
-        let mut s = [0u8; SECTOR_SIZE as usize];
+    pub fn to_sector(&self) -> [u8; SECTOR_BYTES] {
+        let mut s = [0u8; SECTOR_BYTES];
         s[OFF_SIGNATURE..OFF_SIGNATURE + 8].copy_from_slice(SIGNATURE);
         put_u32(&mut s, OFF_REVISION, REVISION_1_0);
-        // HEADER_SIZE is 92: the cast cannot truncate.
-        put_u32(&mut s, OFF_HEADER_SIZE, HEADER_SIZE as u32);
+        put_u32(&mut s, OFF_HEADER_SIZE, HEADER_SIZE_U32);
         put_u32(&mut s, OFF_RESERVED, 0);
         put_u64(&mut s, OFF_MY_LBA, self.my_lba);
         put_u64(&mut s, OFF_ALTERNATE_LBA, self.alternate_lba);
@@ -114,7 +115,7 @@ impl Header {
     /// Parses and checks a header sector: signature, revision 1.x, header size,
     /// CRC. The fields are returned unchecked against the disk; the caller does
     /// that. Errors are reasons, the caller adds which copy.
-    pub fn parse(sector: &[u8; SECTOR_SIZE as usize]) -> Result<Header, String> {
+    pub fn parse(sector: &[u8; SECTOR_BYTES]) -> Result<Header, String> {
         if &sector[OFF_SIGNATURE..OFF_SIGNATURE + 8] != SIGNATURE {
             return Err("no 'EFI PART' signature".to_string());
         }
@@ -125,7 +126,7 @@ impl Header {
         let size = get_u32(sector, OFF_HEADER_SIZE);
         let size = usize::try_from(size)
             .ok()
-            .filter(|s| (HEADER_SIZE..=SECTOR_SIZE as usize).contains(s))
+            .filter(|s| (HEADER_SIZE..=SECTOR_BYTES).contains(s))
             .ok_or_else(|| format!("header size {size} is outside 92..=512"))?;
         let stored = get_u32(sector, OFF_HEADER_CRC);
         let computed = header_crc(sector, size);

@@ -1,7 +1,7 @@
 //! The protective MBR in LBA 0 (UEFI §5.2.3): one partition record of type 0xEE
 //! covering the disk from LBA 1, so MBR-only tools see the disk as in use.
 
-use super::SECTOR_SIZE;
+use super::SECTOR_BYTES;
 
 const OFF_DISK_SIGNATURE: usize = 440;
 const OFF_RECORD: usize = 446;
@@ -26,19 +26,19 @@ fn chs(lba: u64) -> [u8; 3] {
     if cylinder > 1023 {
         return [0xFF; 3];
     }
-    // Each value below is bounded by its modulus (255, 63, 1024): the casts
-    // cannot truncate.
-    let head = ((lba / SECTORS) % HEADS) as u8;
-    let sector = (lba % SECTORS + 1) as u8;
-    let cylinder_high = ((cylinder >> 8) as u8) << 6;
-    [head, sector | cylinder_high, (cylinder & 0xFF) as u8]
+    // Each value is bounded by its modulus (255, 63, 1024), so it fits a byte.
+    let byte = |value: u64| u8::try_from(value).unwrap_or(0xFF);
+    let head = byte((lba / SECTORS) % HEADS);
+    let sector = byte(lba % SECTORS + 1);
+    let cylinder_high = byte(cylinder >> 8) << 6;
+    [head, sector | cylinder_high, byte(cylinder & 0xFF)]
 }
 
 /// The 512-byte protective MBR for a disk of `sector_count` sectors: disk
 /// signature 0, one 0xEE record from LBA 1 of min(sectors - 1, 0xFFFFFFFF)
 /// sectors, boot signature 55 AA.
-pub fn protective_mbr(sector_count: u64) -> [u8; SECTOR_SIZE as usize] {
-    let mut mbr = [0u8; SECTOR_SIZE as usize];
+pub fn protective_mbr(sector_count: u64) -> [u8; SECTOR_BYTES] {
+    let mut mbr = [0u8; SECTOR_BYTES];
     mbr[OFF_DISK_SIGNATURE..OFF_DISK_SIGNATURE + 4].copy_from_slice(&[0; 4]);
     let size = u32::try_from(sector_count.saturating_sub(1)).unwrap_or(u32::MAX);
     let record = &mut mbr[OFF_RECORD..OFF_RECORD + 16];

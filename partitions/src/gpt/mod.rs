@@ -31,6 +31,8 @@ pub use read::{GptCopy, GptReadReport, HeaderInfo, read_gpt, read_gpt_report};
 
 /// Logical sector size this module reads and writes.
 pub const SECTOR_SIZE: u64 = 512;
+/// [`SECTOR_SIZE`] as a buffer length.
+pub const SECTOR_BYTES: usize = 512;
 
 /// Number of partition entries written.
 pub const ENTRY_COUNT: u32 = 128;
@@ -405,7 +407,7 @@ impl GptLayout {
             disk_guid: self.disk_guid,
             entries_lba,
             entry_count: ENTRY_COUNT,
-            entry_size: ENTRY_SIZE as u32,
+            entry_size: header::ENTRY_SIZE_U32,
             entries_crc,
         }
     }
@@ -416,7 +418,7 @@ impl GptLayout {
         self.validate()?;
         let array = self.entry_array();
         let crc = crc32fast::hash(&array);
-        let mut out = Vec::with_capacity(34 * SECTOR_SIZE as usize);
+        let mut out = Vec::with_capacity(34 * SECTOR_BYTES);
         out.extend_from_slice(&protective_mbr(self.sector_count()));
         out.extend_from_slice(&self.header(GptCopy::Primary, crc).to_sector());
         out.extend_from_slice(&array);

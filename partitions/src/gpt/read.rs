@@ -7,7 +7,7 @@
 //! values, never panics: the fuzz target `read_gpt` checks that.
 
 use super::header::{self, Header};
-use super::{GptError, GptLayout, PartitionEntry, ReadAt, SECTOR_SIZE};
+use super::{GptError, GptLayout, PartitionEntry, ReadAt, SECTOR_BYTES, SECTOR_SIZE};
 use std::fmt;
 
 /// Largest entry array read: 8 MiB would be 65536 entries; real tables use 16 KiB.
@@ -115,7 +115,7 @@ fn read_at(disk: &dyn ReadAt, buf: &mut [u8], offset: u64) -> Result<(), GptErro
 
 fn read_copy(disk: &dyn ReadAt, sectors: u64, copy: GptCopy, lba: u64) -> Result<Table, GptError> {
     let bad = |reason: String| GptError::BadHeader { copy, lba, reason };
-    let mut sector = [0u8; SECTOR_SIZE as usize];
+    let mut sector = [0u8; SECTOR_BYTES];
     // lba < sectors, so lba * 512 < disk size: no overflow.
     read_at(disk, &mut sector, lba * SECTOR_SIZE)?;
     let h = Header::parse(&sector).map_err(bad)?;
@@ -149,8 +149,10 @@ fn read_copy(disk: &dyn ReadAt, sectors: u64, copy: GptCopy, lba: u64) -> Result
             h.first_usable_lba, h.last_usable_lba
         )));
     }
-    // array_bytes <= MAX_ARRAY_BYTES (1 MiB), so it fits in usize.
-    let mut array = vec![0u8; array_bytes as usize];
+    // array_bytes <= MAX_ARRAY_BYTES (1 MiB): it fits in usize.
+    let array_len =
+        usize::try_from(array_bytes).map_err(|_| bad("entry array too large".into()))?;
+    let mut array = vec![0u8; array_len];
     read_at(disk, &mut array, h.entries_lba * SECTOR_SIZE)?;
     let crc = crc32fast::hash(&array);
     if crc != h.entries_crc {

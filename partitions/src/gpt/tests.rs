@@ -166,7 +166,8 @@ fn with_primary_header(layout: &GptLayout, edit: impl Fn(&mut [u8])) -> Vec<u8> 
 fn hostile_headers_are_errors() {
     let layout = small_layout();
     let size = layout.disk_size_bytes;
-    let cases: Vec<(&str, Box<dyn Fn(&mut [u8])>)> = vec![
+    type Edit = Box<dyn Fn(&mut [u8])>;
+    let cases: Vec<(&str, Edit)> = vec![
         ("huge entry count", Box::new(|h| h[80..84].copy_from_slice(&u32::MAX.to_le_bytes()))),
         ("entry size 0", Box::new(|h| h[84..88].copy_from_slice(&0u32.to_le_bytes()))),
         ("entry size 129", Box::new(|h| h[84..88].copy_from_slice(&129u32.to_le_bytes()))),
