@@ -11,6 +11,9 @@
 //! - the volume id is given by the caller (fatfs would write 0x12345678);
 //! - `hidden_sectors` (BPB offset 0x1C, and in the FAT32 backup boot sector) is
 //!   patched to the partition's start LBA, since fatfs always writes 0;
+//! - fatfs writes a long-name entry before "." and ".." in every new
+//!   directory, which `fsck.fat` rejects: [`dots`] rewrites each directory with
+//!   "." and ".." in slots 0 and 1 after fatfs is done;
 //! - the FAT32 FSInfo free-cluster count is computed before unmounting, so
 //!   `fsck.fat` finds it initialised.
 //!
@@ -30,6 +33,8 @@ use std::io::{self, Read, Seek, SeekFrom, Write};
 use std::sync::{Mutex, OnceLock};
 
 use crate::region::FileRegion;
+
+mod dots;
 use crate::tree::{FileTree, NodeId, NodeKind, Timestamp};
 
 const SECTOR: u64 = 512;
@@ -657,6 +662,7 @@ pub fn write_fat(
         free_clusters: stats.free_clusters(),
     };
     fs.unmount().map_err(FatError::Format)?;
+    dots::fix_dot_entries(region, fat_type, summary.clusters)?;
     patch_hidden_sectors(region, fat_type, opts.hidden_sectors)?;
     Ok(summary)
 }

@@ -109,6 +109,18 @@ fn writes_files_label_volume_id_and_hidden_sectors() {
         .unwrap();
         assert_eq!(fs.volume_id(), 0xA1B2_C3D4);
         assert_eq!(fs.volume_label(), "ESP");
+        // "." and ".." come first in every directory (fsck.fat insists).
+        for dir in ["EFI", "EFI/BOOT", "loader/entries/deep/er"] {
+            let names: Vec<String> = fs
+                .root_dir()
+                .open_dir(dir)
+                .unwrap()
+                .iter()
+                .take(2)
+                .map(|e| e.unwrap().short_file_name())
+                .collect();
+            assert_eq!(names, [".", ".."], "{dir} in {size}");
+        }
         let stats = fs.stats().unwrap();
         assert_eq!(stats.free_clusters(), summary.free_clusters);
         // The prediction counts at least what was used.
