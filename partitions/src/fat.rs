@@ -643,13 +643,20 @@ pub fn write_fat(
     if size >= FAT32_FROM_BYTES && fat_type != FatType::Fat32 {
         return Err(FatError::WrongType { size, got: fat_type.name(), expected: "FAT32" });
     }
-    if fat_type != predicted.fat_type || fs.cluster_size() != predicted.cluster_size {
-        // The prediction decided "fits": a different layout might not.
+    // The prediction decided "fits": a different layout might not.
+    if fat_type != predicted.fat_type {
         return Err(FatError::WrongType {
             size,
             got: fat_type.name(),
             expected: predicted.fat_type.name(),
         });
+    }
+    if fs.cluster_size() != predicted.cluster_size {
+        return Err(FatError::Format(io::Error::other(format!(
+            "fatfs chose {}-byte clusters where {} were predicted",
+            fs.cluster_size(),
+            predicted.cluster_size
+        ))));
     }
 
     copy_tree(tree, &census, &fs)?;

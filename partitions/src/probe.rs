@@ -338,3 +338,39 @@ mod tests {
         );
     }
 }
+
+#[cfg(test)]
+mod fuzz_smoke {
+    use super::*;
+
+    /// Random sectors with planted magic numbers never make the probe panic.
+    #[test]
+    fn random_superblocks_never_panic() {
+        let mut state = 0x2545_F491_4F6C_DD1Du64;
+        let mut next = move || {
+            state ^= state << 13;
+            state ^= state >> 7;
+            state ^= state << 17;
+            state
+        };
+        for round in 0..2000u32 {
+            let mut region: Vec<u8> = (0..4096).map(|_| next().to_le_bytes()[0]).collect();
+            match round % 4 {
+                0 => region[0..8].copy_from_slice(b"verity\0\0"),
+                1 => {
+                    region[0] = 0xEB;
+                    region[510] = 0x55;
+                    region[511] = 0xAA;
+                    region[0x0B..0x0D].copy_from_slice(&512u16.to_le_bytes());
+                    region[0x0D] = 1 << (round % 8);
+                }
+                2 => region[1024 + 0x38..1024 + 0x3A].copy_from_slice(&0xEF53u16.to_le_bytes()),
+                _ => {}
+            }
+            let len = u64::from(round % 5000);
+            let _ = probe_filesystem(&region, 0, len);
+            let _ = probe_filesystem(&region, u64::MAX - 10, 4096);
+            let _ = probe_verity(&region, 0, 4096, u64::from(round));
+        }
+    }
+}

@@ -438,7 +438,7 @@ impl GptLayout {
 
     /// Byte offset of [`GptLayout::backup_bytes`] in the disk.
     pub fn backup_offset(&self) -> u64 {
-        (self.sector_count() - ENTRY_ARRAY_SECTORS - 1) * SECTOR_SIZE
+        self.sector_count().saturating_sub(ENTRY_ARRAY_SECTORS + 1) * SECTOR_SIZE
     }
 
     /// Writes both copies into `file` at their offsets (the file should already
