@@ -12,7 +12,7 @@
 //! - `hidden_sectors` (BPB offset 0x1C, and in the FAT32 backup boot sector) is
 //!   patched to the partition's start LBA, since fatfs always writes 0;
 //! - fatfs writes a long-name entry before "." and ".." in every new
-//!   directory, which `fsck.fat` rejects: [`dots`] rewrites each directory with
+//!   directory, which `fsck.fat` rejects: the `dots` module rewrites each directory with
 //!   "." and ".." in slots 0 and 1 after fatfs is done;
 //! - the FAT32 FSInfo free-cluster count is computed before unmounting, so
 //!   `fsck.fat` finds it initialised.

@@ -58,8 +58,8 @@ fn eflow_gpt_passes_sgdisk() {
         "1000000000000000"
     );
 
-    // Our reader agrees, and falls back to the backup when sgdisk's primary
-    // is zapped... by us: overwrite the primary header.
+    // Our reader agrees, and with the primary header wiped it reads the
+    // same layout from the backup.
     let file = std::fs::File::open(&image).unwrap();
     assert_eq!(gpt::read_gpt(&file, layout.disk_size_bytes).unwrap(), layout);
     drop(file);
