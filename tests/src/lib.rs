@@ -5,6 +5,7 @@
 //! in `src/<area>.rs`.
 
 pub mod kernels;
+pub mod gpt_fat;
 
 use std::ffi::OsStr;
 use std::path::{Path, PathBuf};
