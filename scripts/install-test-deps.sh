@@ -31,6 +31,12 @@ declare -A packages=(
   [grub-mkstandalone]=grub-common
   [debootstrap]=debootstrap
   [depmod]=kmod
+  [ip]=iproute2
+  [unshare]=util-linux
+  [nsenter]=util-linux
+  [ssh-keygen]=openssh-client
+  [bsdcat]=libarchive-tools
+  [grub-script-check]=grub-common
 )
 # Files (not commands) that tests need, and their packages.
 declare -A files=(

@@ -36,6 +36,12 @@ const TOOLS: &[&str] = &[
     "grub-mkstandalone",
     "debootstrap",
     "depmod",
+    "ip",
+    "unshare",
+    "nsenter",
+    "ssh-keygen",
+    "bsdcat",
+    "grub-script-check",
 ];
 
 fn search_path() -> Vec<PathBuf> {

@@ -13,3 +13,4 @@ pub mod inspect;
 pub mod manifest;
 pub mod plan;
 pub mod report;
+pub mod profile;

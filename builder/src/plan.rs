@@ -11,6 +11,7 @@
 use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
 
+use abforge_partitions::gpt::PartitionType;
 use abforge_partitions::Guid;
 
 use crate::identity::Seed;
@@ -26,7 +27,7 @@ pub const MAX_PARTITIONS: usize = 128;
 /// Bytes at the end of the disk kept for the backup GPT (entries + header).
 pub const GPT_BACKUP_BYTES: u64 = 33 * 512;
 /// GPT attribute bit 60: read-only.
-pub const ATTR_READ_ONLY: u64 = 1 << 60;
+pub const ATTR_READ_ONLY: u64 = abforge_partitions::gpt::attributes::READ_ONLY;
 /// Longest GPT partition name, in UTF-16 code units.
 pub const MAX_GPT_NAME: usize = 36;
 
@@ -99,29 +100,14 @@ pub struct Plan {
     pub partitions: Vec<PlannedPartition>,
 }
 
-/// Well-known partition type names (Discoverable Partitions Specification, x86-64).
-pub const PARTITION_TYPES: &[(&str, &str)] = &[
-    ("esp", "c12a7328-f81f-11d2-ba4b-00a0c93ec93b"),
-    ("root", "4f68bce3-e8cd-4db1-96e7-fbcaf984b709"),
-    ("root-verity", "2c7357ed-ebd2-46d9-aec1-23d437ec2bf5"),
-    ("root-verity-sig", "41092b05-9fc8-4523-994f-2def0408b176"),
-    ("xbootldr", "bc13c2ff-59e6-4262-a352-b275fd6f7172"),
-    ("var", "4d21b016-b534-45c2-a9fb-5c16e091fd2d"),
-    ("linux", "0fc63daf-8483-4772-8e79-3d69d8477de4"),
-];
-
-/// The GUID for a type name, or a GUID written out.
+/// The GUID for a type name (`esp`, `root`, ...), or a GUID written out.
 pub fn partition_type(text: &str) -> Option<Guid> {
-    PARTITION_TYPES
-        .iter()
-        .find(|(name, _)| *name == text)
-        .and_then(|(_, guid)| guid.parse().ok())
-        .or_else(|| text.parse().ok())
+    PartitionType::from_name(text).map(PartitionType::guid).or_else(|| text.parse().ok())
 }
 
 /// The name of a well-known type GUID.
 pub fn partition_type_name(guid: Guid) -> Option<&'static str> {
-    PARTITION_TYPES.iter().find(|(_, g)| g.parse::<Guid>().ok() == Some(guid)).map(|(n, _)| *n)
+    PartitionType::from_guid(guid).map(PartitionType::name)
 }
 
 /// Collects errors with their locations while a plan is checked.
@@ -252,7 +238,7 @@ pub fn plan(
                     format!(
                         "unknown partition type '{}': use one of {} or a GUID",
                         spec.type_.value,
-                        PARTITION_TYPES.iter().map(|(n, _)| *n).collect::<Vec<_>>().join(", ")
+                        PartitionType::ALL.map(PartitionType::name).join(", ")
                     ),
                 );
                 Guid::NIL

@@ -4,7 +4,10 @@
 //! This crate reads no file named by a user: callers hand it byte sinks and
 //! file trees. `builder` is the only crate that opens manifest paths.
 
+pub mod fat;
+pub mod gpt;
 pub mod guid;
+pub mod probe;
 pub mod region;
 pub mod tree;
 

@@ -82,7 +82,7 @@ pub trait ContentSource: Send + Sync + fmt::Debug {
     /// Byte ranges that may hold non-zero data, in order. Everything outside them
     /// reads as zeros (holes in a sparse host file). The default is the whole file.
     fn data_ranges(&self) -> io::Result<Vec<Range<u64>>> {
-        Ok(vec![0..self.len()])
+        Ok(std::iter::once(0..self.len()).collect())
     }
 
     /// What to name in an error message: a host path, or `archive.tar:member`.
@@ -150,7 +150,7 @@ impl Content {
     pub fn data_ranges(&self) -> io::Result<Vec<Range<u64>>> {
         match self {
             Content::Bytes(bytes) if bytes.is_empty() => Ok(Vec::new()),
-            Content::Bytes(bytes) => Ok(vec![0..bytes.len() as u64]),
+            Content::Bytes(bytes) => Ok(std::iter::once(0..bytes.len() as u64).collect()),
             Content::Source(source) => source.data_ranges(),
         }
     }

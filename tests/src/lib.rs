@@ -4,6 +4,9 @@
 //! Each area keeps its tests in `tests/tests/<area>.rs` and any helpers of its own
 //! in `src/<area>.rs`.
 
+pub mod kernels;
+pub mod gpt_fat;
+
 use std::ffi::OsStr;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
