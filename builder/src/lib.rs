@@ -14,3 +14,4 @@ pub mod manifest;
 pub mod plan;
 pub mod report;
 pub mod profile;
+pub mod source;
