@@ -5,4 +5,5 @@
 //! reads files named in a manifest or on the command line.
 
 pub mod cli;
+pub mod container;
 pub mod error;
