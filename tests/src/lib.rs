@@ -4,6 +4,8 @@
 //! Each area keeps its tests in `tests/tests/<area>.rs` and any helpers of its own
 //! in `src/<area>.rs`.
 
+pub mod vhdx;
+
 use std::ffi::OsStr;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};

@@ -114,6 +114,16 @@ pub fn detect_format(file: &File) -> io::Result<ContainerFormat> {
             return Ok(ContainerFormat::Vhdx);
         }
     }
+    // A VHDX whose identifier is damaged still has its headers and region tables:
+    // report it as a damaged VHDX rather than reading it as a raw disk.
+    if len >= vhdx::REGION_TABLE_1_OFFSET + 4 {
+        let (mut header, mut region) = ([0u8; 4], [0u8; 4]);
+        file.read_exact_at(&mut header, vhdx::HEADER_1_OFFSET)?;
+        file.read_exact_at(&mut region, vhdx::REGION_TABLE_1_OFFSET)?;
+        if &header == b"head" && &region == b"regi" {
+            return Ok(ContainerFormat::Vhdx);
+        }
+    }
     if len >= vhd::FOOTER_SIZE {
         let mut cookie = [0u8; 8];
         file.read_exact_at(&mut cookie, len - vhd::FOOTER_SIZE)?;
