@@ -3,6 +3,9 @@
 //! byte for byte; VHDX made by qemu is read back identically; damaged files fail
 //! with a clear message and exit 1, never a panic.
 
+// Test sizes are small constants on 64-bit hosts: casts between u64 and usize are lossless.
+#![allow(clippy::cast_possible_truncation)]
+
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 

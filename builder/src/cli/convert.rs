@@ -58,6 +58,7 @@ pub fn run(args: ConvertArgs) -> anyhow::Result<ExitCode> {
         page83: ids[0],
         file_write_guid: ids[1],
         data_write_guid: ids[2],
+        dense: false,
     };
     let vhd_options =
         VhdOptions { unique_id: ids[3], timestamp: vhd_timestamp(source_date_epoch()?) };

@@ -112,16 +112,16 @@ impl ImageBytes for File {
     }
 }
 
-impl ImageBytes for Vec<u8> {
+impl ImageBytes for &[u8] {
     fn len(&self) -> io::Result<u64> {
         // usize always fits in u64 on supported targets.
-        Ok(self.as_slice().len() as u64)
+        Ok(<[u8]>::len(self) as u64)
     }
     fn read_exact_at(&self, buf: &mut [u8], offset: u64) -> io::Result<()> {
         let start = usize::try_from(offset).ok();
         let end = start.and_then(|s| s.checked_add(buf.len()));
         match (start, end) {
-            (Some(start), Some(end)) if end <= self.as_slice().len() => {
+            (Some(start), Some(end)) if end <= <[u8]>::len(self) => {
                 buf.copy_from_slice(&self[start..end]);
                 Ok(())
             }
@@ -129,6 +129,15 @@ impl ImageBytes for Vec<u8> {
                 Err(io::Error::new(io::ErrorKind::UnexpectedEof, "read past the end of the image"))
             }
         }
+    }
+}
+
+impl ImageBytes for Vec<u8> {
+    fn len(&self) -> io::Result<u64> {
+        ImageBytes::len(&self.as_slice())
+    }
+    fn read_exact_at(&self, buf: &mut [u8], offset: u64) -> io::Result<()> {
+        ImageBytes::read_exact_at(&self.as_slice(), buf, offset)
     }
 }
 

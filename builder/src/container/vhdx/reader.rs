@@ -306,6 +306,11 @@ mod tests {
 
     /// A small VHDX in memory: 8 MiB in 1 MiB blocks, data in blocks 0, 3 and 7.
     fn small_vhdx() -> (Vec<u8>, ComposedDisk) {
+        small_vhdx_with(false).0
+    }
+
+    /// The VHDX, the disk, and the bytes the file allocates.
+    fn small_vhdx_with(dense: bool) -> ((Vec<u8>, ComposedDisk), u64) {
         let disk = ComposedDisk::new(
             8 << 20,
             vec![
@@ -317,12 +322,23 @@ mod tests {
         .unwrap();
         let ids = |n| Guid::from_rfc_bytes([n; 16]);
         let options =
-            VhdxOptions { block_size: 1 << 20, ..VhdxOptions::new(ids(1), ids(2), ids(3)) };
+            VhdxOptions { block_size: 1 << 20, dense, ..VhdxOptions::new(ids(1), ids(2), ids(3)) };
         let temp = tempfile::tempfile().unwrap();
         write_vhdx(&disk, &temp, &options).unwrap();
         let mut bytes = vec![0u8; idx(temp.metadata().unwrap().len())];
         std::os::unix::fs::FileExt::read_exact_at(&temp, &mut bytes, 0).unwrap();
-        (bytes, disk)
+        let allocated = std::os::unix::fs::MetadataExt::blocks(&temp.metadata().unwrap()) * 512;
+        ((bytes, disk), allocated)
+    }
+
+    #[test]
+    fn dense_and_sparse_files_hold_the_same_bytes() {
+        let ((sparse, _), sparse_allocated) = small_vhdx_with(false);
+        let ((dense, _), dense_allocated) = small_vhdx_with(true);
+        assert!(sparse == dense);
+        assert!(dense_allocated >= 7 << 20, "dense: {dense_allocated}");
+        // The file system may not support holes; where it does, zero runs stay holes.
+        assert!(sparse_allocated <= dense_allocated);
     }
 
     #[test]
@@ -362,11 +378,12 @@ mod tests {
         ] {
             positions.extend((start..start + len).step_by(stride));
         }
+        let mut bytes = bytes;
         for position in positions {
+            let original = bytes[position];
             for value in [0x00u8, 0xff, 0x01, 0x80] {
-                let mut damaged = bytes.clone();
-                damaged[position] = value;
-                if let Ok(reader) = VhdxReader::open(damaged) {
+                bytes[position] = value;
+                if let Ok(reader) = VhdxReader::open(bytes.as_slice()) {
                     let mut buf = vec![0u8; 1 << 20];
                     let size = reader.size();
                     for offset in [0, size.saturating_sub(1 << 20)] {
@@ -376,9 +393,10 @@ mod tests {
                     let _ = reader.data_ranges(0..size);
                 }
             }
+            bytes[position] = original;
         }
         for len in [0, 8, 100_000, 300_000, 1 << 20, 3 << 20, (4 << 20) + 7, bytes.len() - 1] {
-            assert!(VhdxReader::open(bytes[..len].to_vec()).is_err(), "truncated to {len} bytes");
+            assert!(VhdxReader::open(&bytes[..len]).is_err(), "truncated to {len} bytes");
         }
     }
 }

@@ -3,10 +3,15 @@
 //! One pass over the virtual disk, in order: a reader thread fills pieces of each
 //! block (skipping the source's holes) and flags the non-zero ones; the writing
 //! thread gives a block the next free offset at its first non-zero piece and writes
-//! the block whole (earlier zero pieces and the padding past the end of the disk
-//! as explicit zeros, so the file has no holes: Hyper-V refuses sparse files).
-//! Blocks that are entirely zero take no space and get state ZERO. Placement
-//! depends only on the data, so the file is reproducible; memory is a few pieces.
+//! its non-zero pieces there. Blocks that are entirely zero take no space and get
+//! state ZERO. Placement depends only on the data, so the file is reproducible;
+//! memory is a few pieces.
+//!
+//! The zero pieces of a present block (and the padding past the end of the disk)
+//! are left as holes by default, as qemu-img does: the bytes read back are the
+//! same, and less is written. [`VhdxOptions::dense`] writes them as explicit zeros
+//! instead, for a file with no holes at all (Hyper-V refuses a VHDX whose NTFS
+//! sparse attribute is set; an ordinary copy from Linux does not set it).
 
 use std::fs::File;
 use std::io;
@@ -25,7 +30,7 @@ use super::{
     MIN_BLOCK_SIZE, REGION_TABLE_1_OFFSET, REGION_TABLE_2_OFFSET,
 };
 use crate::container::source::read_sparse;
-use crate::container::{DiskSource, idx};
+use crate::container::{DiskSource, idx, is_zero};
 
 const LOG_OFFSET: u64 = MIB;
 const LOG_LENGTH: u32 = 1 << 20;
@@ -49,12 +54,20 @@ pub struct VhdxOptions {
     pub page83: Guid,
     pub file_write_guid: Guid,
     pub data_write_guid: Guid,
+    /// Write the zero parts of present blocks instead of leaving holes.
+    pub dense: bool,
 }
 
 impl VhdxOptions {
     /// Options with the default 32 MiB blocks.
     pub fn new(page83: Guid, file_write_guid: Guid, data_write_guid: Guid) -> VhdxOptions {
-        VhdxOptions { block_size: DEFAULT_BLOCK_SIZE, page83, file_write_guid, data_write_guid }
+        VhdxOptions {
+            block_size: DEFAULT_BLOCK_SIZE,
+            page83,
+            file_write_guid,
+            data_write_guid,
+            dense: false,
+        }
     }
 }
 
@@ -118,7 +131,7 @@ pub fn write_vhdx(
     ];
 
     let (present_blocks, payload_end) =
-        copy_payload(source, out, &geometry, payload_start, &mut bat_entries)?;
+        copy_payload(source, out, &geometry, payload_start, options.dense, &mut bat_entries)?;
 
     let mut bat_bytes = vec![
         0u8;
@@ -209,6 +222,7 @@ fn copy_payload(
     out: &File,
     geometry: &BatGeometry,
     payload_start: u64,
+    dense: bool,
     bat_entries: &mut [u64],
 ) -> io::Result<(u64, u64)> {
     let block_size = geometry.block_size;
@@ -270,14 +284,18 @@ fn copy_payload(
                 bat_entries[idx(geometry.payload_index(block))] =
                     bat::entry(bat::PAYLOAD_BLOCK_FULLY_PRESENT, offset);
                 let mut zero_at = 0;
-                while zero_at < within {
+                while dense && zero_at < within {
                     out.write_all_at(&zeros, offset + zero_at)?;
                     zero_at += piece;
                 }
                 current = Some((block, offset));
             }
             if let Some((_, offset)) = current {
-                out.write_all_at(&buf, offset + within)?;
+                if dense {
+                    out.write_all_at(&buf, offset + within)?;
+                } else if non_zero {
+                    write_skipping_zeros(out, &buf, offset + within)?;
+                }
             } else if within + piece >= block_size {
                 bat_entries[idx(geometry.payload_index(block))] =
                     bat::entry(bat::PAYLOAD_BLOCK_ZERO, 0);
@@ -286,4 +304,32 @@ fn copy_payload(
         }
         Ok((present_blocks, next_offset))
     })
+}
+
+/// The granule at which zero runs inside a present block are left as holes.
+const HOLE_GRANULE: usize = 64 * 1024;
+
+/// Writes `buf` at `offset`, leaving its all-zero 64 KiB granules unwritten (the
+/// file reads zeros there: it is extended to its full length at the end).
+fn write_skipping_zeros(out: &File, buf: &[u8], offset: u64) -> io::Result<()> {
+    let mut run_start: Option<usize> = None;
+    let mut at = 0;
+    while at <= buf.len() {
+        let granule_end = (at + HOLE_GRANULE).min(buf.len());
+        let data = at < buf.len() && !is_zero(&buf[at..granule_end]);
+        match (data, run_start) {
+            (true, None) => run_start = Some(at),
+            (false, Some(start)) => {
+                // usize always fits in u64 on supported targets.
+                out.write_all_at(&buf[start..at], offset + start as u64)?;
+                run_start = None;
+            }
+            _ => {}
+        }
+        if at == buf.len() {
+            break;
+        }
+        at = granule_end;
+    }
+    Ok(())
 }
