@@ -48,7 +48,96 @@ pub struct InspectedPartition {
     pub attributes: u64,
     pub attribute_names: Vec<String>,
     pub read_only: bool,
-    pub filesystem: FsProbe,
+    pub filesystem: FoundFilesystem,
+}
+
+/// What `inspect` found in a partition, flattened for JSON: `kind` is `vfat`,
+/// `ext4`, `verity`, `empty` (all zero), `unknown` or `unreadable`; the other
+/// fields are present where they apply.
+#[derive(Debug, Default, Serialize)]
+pub struct FoundFilesystem {
+    pub kind: &'static str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub fat_type: Option<&'static str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub label: Option<String>,
+    /// FAT volume id, 8 hex digits (as the build report's `fs_id`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub volume_id: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub uuid: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub block_size: Option<u32>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub blocks: Option<u64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub used_bytes: Option<u64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub hash_algorithm: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub data_blocks: Option<u64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub salt: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
+}
+
+impl FoundFilesystem {
+    fn from_probe(probe: FsProbe) -> FoundFilesystem {
+        let kind = probe.kind();
+        match probe {
+            FsProbe::Fat { fat_type, label, volume_id, cluster_size, clusters } => FoundFilesystem {
+                kind,
+                fat_type: Some(fat_type.name()),
+                label: Some(label),
+                volume_id: Some(format!("{volume_id:08x}")),
+                block_size: Some(cluster_size),
+                blocks: Some(u64::from(clusters)),
+                ..FoundFilesystem::default()
+            },
+            FsProbe::Ext4 { label, uuid, block_size, blocks, free_blocks } => FoundFilesystem {
+                kind,
+                label: Some(label),
+                uuid: Some(uuid.to_string()),
+                block_size: Some(block_size),
+                blocks: Some(blocks),
+                used_bytes: Some(blocks.saturating_sub(free_blocks).saturating_mul(u64::from(block_size))),
+                ..FoundFilesystem::default()
+            },
+            FsProbe::Verity(sb) => FoundFilesystem {
+                kind,
+                uuid: Some(sb.uuid.to_string()),
+                hash_algorithm: Some(sb.algorithm),
+                block_size: Some(sb.data_block_size),
+                data_blocks: Some(sb.data_blocks),
+                salt: Some(crate::build::hex(&sb.salt)),
+                ..FoundFilesystem::default()
+            },
+            FsProbe::Unreadable { reason } => FoundFilesystem { kind, reason: Some(reason), ..FoundFilesystem::default() },
+            FsProbe::Empty | FsProbe::Unknown => FoundFilesystem { kind, ..FoundFilesystem::default() },
+        }
+    }
+
+    /// One line for the human table.
+    pub fn summary(&self) -> String {
+        let mut parts = vec![self.fat_type.unwrap_or(self.kind).to_string()];
+        if let Some(label) = self.label.as_ref().filter(|l| !l.is_empty()) {
+            parts.push(format!("label {label}"));
+        }
+        if let Some(id) = &self.volume_id {
+            parts.push(format!("id {id}"));
+        }
+        if let Some(uuid) = &self.uuid {
+            parts.push(format!("uuid {uuid}"));
+        }
+        if let Some(used) = self.used_bytes {
+            parts.push(format!("{} used", Size(used)));
+        }
+        if let Some(reason) = &self.reason {
+            parts.push(reason.clone());
+        }
+        parts.join(", ")
+    }
 }
 
 /// Reads the GPT of `path` and probes every partition.
@@ -76,7 +165,7 @@ pub fn inspect_image(path: &Path) -> anyhow::Result<Inspection> {
             attributes: entry.attributes,
             attribute_names: attribute_names(entry.attributes),
             read_only: entry.attributes & (1 << 60) != 0,
-            filesystem: probe_filesystem(&reader, offset, size),
+            filesystem: FoundFilesystem::from_probe(probe_filesystem(&reader, offset, size)),
         });
     }
     Ok(Inspection {

@@ -6,6 +6,7 @@
 
 pub mod build;
 pub mod cli;
+pub mod container;
 pub mod error;
 pub mod identity;
 pub mod inputs;

@@ -18,8 +18,8 @@ partitions:
     size: 8MiB
     filesystem: vfat
     contents: esp/
-  - { name: Boot{SLOT}, per_slot: true, type: linux, size: 192MiB }
-  - { name: RootFS{SLOT}, per_slot: true, type: root, size: 4GiB, read_only: true }
+  - { name: 'Boot{SLOT}', per_slot: true, type: linux, size: 192MiB }
+  - { name: 'RootFS{SLOT}', per_slot: true, type: root, size: 4GiB, read_only: true }
   - { name: Unused, type: linux, size: 4GiB }
   - { name: Log, type: linux, size: 1GiB }
   - { name: Data, type: linux, size: 2GiB }
@@ -53,7 +53,7 @@ pub fn extract(image: &Path, offset: u64, len: u64, to: &Path) {
     let mut input = fs::File::open(image).unwrap();
     input.seek(SeekFrom::Start(offset)).unwrap();
     let mut output = fs::File::create(to).unwrap();
-    std::io::copy(&mut input.by_ref().take(len), &mut output).unwrap();
+    std::io::copy(&mut Read::by_ref(&mut input).take(len), &mut output).unwrap();
     output.flush().unwrap();
 }
 

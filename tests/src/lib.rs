@@ -6,6 +6,7 @@
 
 pub mod kernels;
 pub mod gpt_fat;
+pub mod vhdx;
 
 use std::ffi::OsStr;
 use std::path::{Path, PathBuf};

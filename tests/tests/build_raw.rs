@@ -10,7 +10,7 @@ use abforge_tests::{abforge, run, run_ok, run_tool, scratch, tool};
 use serde_json::Value;
 
 fn build(manifest: &Path, out: &Path) -> Value {
-    run_ok(abforge(["build".as_ref(), manifest.as_os_str(), "-o".as_ref(), out.as_os_str(), "--quiet".as_ref()]));
+    run_ok(&mut abforge(["build".as_ref(), manifest.as_os_str(), "-o".as_ref(), out.as_os_str(), "--quiet".as_ref()]));
     let report = fs::read_to_string(out.join("eflow.json")).unwrap();
     serde_json::from_str(&report).unwrap()
 }
@@ -115,7 +115,7 @@ fn inspect_json_agrees_with_the_build_report() {
     let manifest = write_eflow_project(dir.path(), EFLOW_RAW);
     let out = dir.path().join("out");
     let report = build(&manifest, &out);
-    let inspected = run_ok(abforge(["inspect".as_ref(), out.join("eflow.raw").as_os_str(), "--json".as_ref()]));
+    let inspected = run_ok(&mut abforge(["inspect".as_ref(), out.join("eflow.raw").as_os_str(), "--json".as_ref()]));
     let inspected: Value = serde_json::from_slice(&inspected.stdout).unwrap();
     assert_eq!(inspected["disk_guid"], report["disk_guid"]);
     assert_eq!(inspected["virtual_size"], report["image"]["virtual_size"]);
@@ -126,7 +126,7 @@ fn inspect_json_agrees_with_the_build_report() {
         for key in ["index", "name", "type_guid", "uuid", "offset", "size", "attributes"] {
             assert_eq!(f[key], p[key], "{key} of {}", p["name"]);
         }
-        let expected_fs = if p["filesystem"] == "vfat" { "vfat" } else { "none" };
+        let expected_fs = if p["filesystem"] == "vfat" { "vfat" } else { "empty" };
         assert_eq!(f["filesystem"]["kind"], expected_fs, "{}", p["name"]);
     }
     assert_eq!(found[0]["type_name"], "esp");
@@ -134,7 +134,7 @@ fn inspect_json_agrees_with_the_build_report() {
     assert_eq!(found[2]["read_only"], true);
     assert_eq!(found[0]["filesystem"]["volume_id"], report["partitions"][0]["fs_id"]);
     // The human table names every partition too.
-    let table = run_ok(abforge(["inspect".as_ref(), out.join("eflow.raw").as_os_str()]));
+    let table = run_ok(&mut abforge(["inspect".as_ref(), out.join("eflow.raw").as_os_str()]));
     let table = String::from_utf8_lossy(&table.stdout);
     for (name, _, _) in EXPECTED {
         assert!(table.contains(name), "{name} missing from:\n{table}");
@@ -207,12 +207,12 @@ struct Bad {
 const BAD: &[Bad] = &[
     Bad { what: "unknown key", from: "format: raw\n", to: "format: raw\ncolour: blue\n", expect: &["unknown field 'colour'"], line: Some(6) },
     Bad { what: "unknown partition key", from: "    size: 8MiB\n", to: "    size: 8MiB\n    sise: 9MiB\n", expect: &["unknown field 'sise'"], line: Some(11) },
-    Bad { what: "wrong type", from: "source_date_epoch: 1700000000", to: "source_date_epoch: yesterday", expect: &["source_date_epoch", "invalid"], line: Some(4) },
+    Bad { what: "wrong type", from: "source_date_epoch: 1700000000", to: "source_date_epoch: yesterday", expect: &["expected a whole number for 'source_date_epoch'"], line: Some(4) },
     Bad { what: "bad size unit", from: "size: 8MiB", to: "size: 8 megs", expect: &["'8 megs' is not a size"], line: Some(10) },
     Bad { what: "zero size", from: "size: 192MiB", to: "size: 0", expect: &["has size 0"], line: Some(13) },
     Bad { what: "misaligned size", from: "size: 192MiB", to: "size: 192MB", expect: &["not a multiple of 1MiB"], line: Some(13) },
     Bad { what: "duplicate name", from: "name: Log,", to: "name: Data,", expect: &["'Data' is used twice"], line: Some(17) },
-    Bad { what: "per-slot name without {SLOT}", from: "name: Boot{SLOT},", to: "name: Boot,", expect: &["per_slot", "{SLOT}"], line: Some(13) },
+    Bad { what: "per-slot name without {SLOT}", from: "name: 'Boot{SLOT}',", to: "name: 'Boot',", expect: &["per_slot", "{SLOT}"], line: Some(13) },
     Bad { what: "unknown type", from: "type: root,", to: "type: rootfs,", expect: &["unknown partition type 'rootfs'"], line: Some(14) },
     Bad { what: "overlap", from: "name: Data, type: linux,", to: "name: Data, offset: 9GiB, type: linux,", expect: &["overlaps partition 'Log'"], line: Some(17) },
     Bad { what: "does not fit", from: "format: raw\n", to: "format: raw\ndisk_size: 15GiB\n", expect: &["does not fit"], line: Some(6) },

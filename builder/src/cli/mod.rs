@@ -9,6 +9,8 @@ pub mod inspect;
 
 use crate::error::{exit_code_for, report};
 
+pub mod convert;
+
 /// Build immutable A/B operating-system disk images from one YAML manifest.
 #[derive(Debug, Parser)]
 #[command(name = "abforge", version, about, long_about = None)]
@@ -22,6 +24,8 @@ pub enum Command {
     Build(build::BuildArgs),
     Validate(build::ValidateArgs),
     Inspect(inspect::InspectArgs),
+    /// Convert a disk image between raw, VHDX and fixed VHD.
+    Convert(convert::ConvertArgs),
 }
 
 /// Parses the arguments, runs the subcommand and turns its result into an exit status.
@@ -47,5 +51,6 @@ fn run(command: Command) -> anyhow::Result<ExitCode> {
         Command::Build(args) => build::run_build(args),
         Command::Validate(args) => build::run_validate(args),
         Command::Inspect(args) => inspect::run_inspect(args),
+        Command::Convert(args) => convert::run(args),
     }
 }

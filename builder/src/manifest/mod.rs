@@ -185,8 +185,46 @@ pub fn parse(path: &Path, text: &str) -> Result<Manifest, ManifestError> {
             line: u32::try_from(l.line()).unwrap_or(u32::MAX),
             column: u32::try_from(l.column()).unwrap_or(u32::MAX),
         });
-        ManifestError { location, message: plain_message(&err) }
+        let mut message = plain_message(&err);
+        if let Some(loc) = &location
+            && let Some((key, value)) = key_and_value_at(text, loc.line, loc.column)
+            && !message.contains(&format!("'{key}'"))
+            && (message.starts_with("invalid") || message.starts_with("expected"))
+        {
+            message = format!("{} for '{key}' (found '{value}')", readable_type_error(&message));
+        }
+        ManifestError { location, message }
     })
+}
+
+/// The key whose value starts at (line, column), and that value's text, read
+/// from the manifest text, so a type error can say which field it is about.
+fn key_and_value_at(text: &str, line: u32, column: u32) -> Option<(String, String)> {
+    let line_text = text.lines().nth(usize::try_from(line).ok()?.checked_sub(1)?)?;
+    let chars: Vec<char> = line_text.chars().collect();
+    let col = usize::try_from(column).ok()?.checked_sub(1)?.min(chars.len());
+    let before: String = chars[..col].iter().collect();
+    let value: String = chars[col..].iter().take_while(|c| !matches!(c, ',' | '}' | ']' | '#')).collect();
+    // The key is the last `word:` before the value (block or flow mapping).
+    let key_end = before.trim_end().strip_suffix(':')?;
+    let key: String = key_end
+        .chars()
+        .rev()
+        .take_while(|c| c.is_alphanumeric() || *c == '_' || *c == '-')
+        .collect::<Vec<_>>()
+        .into_iter()
+        .rev()
+        .collect();
+    (!key.is_empty()).then(|| (key, value.trim().to_string()))
+}
+
+/// serde-saphyr's terse type errors in words: "invalid i64" → "expected a whole number".
+fn readable_type_error(message: &str) -> String {
+    match message {
+        "invalid i64" | "invalid u64" | "invalid u32" | "invalid i32" => "expected a whole number".to_string(),
+        "invalid bool" => "expected true or false".to_string(),
+        other => other.to_string(),
+    }
 }
 
 /// The parser's message without its own "error: line N column M:" prefix and
@@ -198,6 +236,11 @@ fn plain_message(err: &serde_saphyr::Error) -> String {
     let message = match first.find(": ") {
         Some(i) if first.starts_with("line ") => &first[i + 2..],
         _ => first,
+    };
+    // Some messages repeat the location at their end.
+    let message = match message.rfind(" at line ") {
+        Some(i) if message[i..].contains(", column ") => &message[..i],
+        _ => message,
     };
     message.replace('`', "'")
 }
@@ -235,6 +278,16 @@ mod tests {
         let err = parse_text(&text).unwrap_err();
         assert_eq!(err.location.as_ref().map(|l| (l.line, l.column)), Some((4, 1)));
         assert!(err.to_string().starts_with("m.yaml:4:1: unknown field 'colour'"), "{err}");
+    }
+
+    #[test]
+    fn type_errors_name_the_key_and_value() {
+        let text = MINIMAL.replace("seed: s\n", "seed: s\nsource_date_epoch: yesterday\n");
+        let err = parse_text(&text).unwrap_err().to_string();
+        assert_eq!(err, "m.yaml:4:20: expected a whole number for 'source_date_epoch' (found 'yesterday')");
+        let text = MINIMAL.replace("filesystem: vfat", "filesystem: vfat, read_only: maybe");
+        let err = parse_text(&text).unwrap_err().to_string();
+        assert!(err.contains("'read_only' (found 'maybe')"), "{err}");
     }
 
     #[test]

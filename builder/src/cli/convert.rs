@@ -1,0 +1,146 @@
+//! `abforge convert IN OUT --format vhdx|vhd|raw [--block-size SIZE]`: reads a raw,
+//! VHDX or fixed VHD image (detected) and writes it, atomically, in another format.
+//!
+//! The identifiers a container needs (VHDX Page 83, file and data write GUIDs, VHD
+//! unique id) are derived from SHA-256 of the virtual size and the first MiB of
+//! the disk (where the GPT and its disk GUID live), so converting the same disk
+//! twice gives byte-identical files and different disks get different ids. The VHD
+//! time stamp comes from SOURCE_DATE_EPOCH (0 when unset).
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use abforge_partitions::Guid;
+use anyhow::Context as _;
+use sha2::{Digest, Sha256};
+
+use crate::container::vhd::{VhdOptions, vhd_timestamp};
+use crate::container::vhdx::writer::check_block_size;
+use crate::container::vhdx::{DEFAULT_BLOCK_SIZE, VhdxOptions};
+use crate::container::{
+    ContainerFormat, DiskSource, open_image, write_atomically, write_container,
+};
+use crate::error::UsageError;
+
+#[derive(Debug, clap::Args)]
+pub struct ConvertArgs {
+    /// The image to read: raw, VHDX or fixed VHD (detected from its signatures).
+    pub input: PathBuf,
+    /// The image to write; replaced only once it is complete.
+    pub output: PathBuf,
+    /// The format to write.
+    #[arg(long, value_enum)]
+    pub format: ContainerFormat,
+    /// VHDX block size, a power of two from 1MiB to 256MiB (default 32MiB).
+    #[arg(long, value_name = "SIZE")]
+    pub block_size: Option<String>,
+}
+
+pub fn run(args: ConvertArgs) -> anyhow::Result<ExitCode> {
+    let block_size = match (&args.block_size, args.format) {
+        (None, _) => DEFAULT_BLOCK_SIZE,
+        (Some(text), ContainerFormat::Vhdx) => {
+            let bytes = parse_size(text).map_err(UsageError::new)?;
+            check_block_size(bytes).map_err(UsageError::new)?
+        }
+        (Some(_), format) => {
+            return Err(UsageError::new(format!(
+                "--block-size applies to VHDX output, not {format}"
+            ))
+            .into());
+        }
+    };
+    let source = open_image(&args.input)?;
+    let ids = derive_ids(source.as_ref())
+        .with_context(|| format!("cannot read {}", args.input.display()))?;
+    let vhdx_options = VhdxOptions {
+        block_size,
+        page83: ids[0],
+        file_write_guid: ids[1],
+        data_write_guid: ids[2],
+        dense: false,
+    };
+    let vhd_options =
+        VhdOptions { unique_id: ids[3], timestamp: vhd_timestamp(source_date_epoch()?) };
+    write_atomically(&args.output, |out| {
+        write_container(args.format, source.as_ref(), out, &vhdx_options, &vhd_options)
+            .with_context(|| format!("cannot write {}", args.output.display()))
+    })?;
+    eprintln!(
+        "wrote {} ({}, virtual size {} bytes)",
+        args.output.display(),
+        args.format,
+        source.size()
+    );
+    Ok(ExitCode::SUCCESS)
+}
+
+/// Four identifiers derived from the disk's size and first MiB: Page 83, file
+/// write, data write (VHDX) and unique id (VHD).
+fn derive_ids(source: &dyn DiskSource) -> std::io::Result<[Guid; 4]> {
+    let mut head = vec![0u8; source.size().min(1 << 20) as usize];
+    source.read_at(&mut head, 0)?;
+    let mut hasher = Sha256::new();
+    hasher.update(b"abforge convert\0");
+    hasher.update(source.size().to_le_bytes());
+    hasher.update(&head);
+    let disk_digest = hasher.finalize();
+    Ok(["page83", "file-write", "data-write", "vhd-unique-id"].map(|label| {
+        let digest =
+            Sha256::new().chain_update(disk_digest).chain_update(label.as_bytes()).finalize();
+        let mut bytes = [0u8; 16];
+        bytes.copy_from_slice(&digest[..16]);
+        Guid::from_rfc_bytes(bytes).with_v4_bits()
+    }))
+}
+
+fn source_date_epoch() -> anyhow::Result<u64> {
+    match std::env::var("SOURCE_DATE_EPOCH") {
+        Ok(text) if !text.is_empty() => text.trim().parse().map_err(|_| {
+            UsageError::new(format!("SOURCE_DATE_EPOCH '{text}' is not a number of seconds")).into()
+        }),
+        _ => Ok(0),
+    }
+}
+
+/// Parses a SIZE: bytes, or a number with KiB/MiB/GiB/TiB (powers of two) or
+/// KB/MB/GB/TB (powers of ten).
+pub fn parse_size(text: &str) -> Result<u64, String> {
+    let text = text.trim();
+    let split = text.find(|c: char| !c.is_ascii_digit()).unwrap_or(text.len());
+    let (number, unit) = text.split_at(split);
+    let multiplier: u64 = match unit.trim() {
+        "" | "B" => 1,
+        "K" | "KiB" => 1 << 10,
+        "M" | "MiB" => 1 << 20,
+        "G" | "GiB" => 1 << 30,
+        "T" | "TiB" => 1 << 40,
+        "KB" => 1_000,
+        "MB" => 1_000_000,
+        "GB" => 1_000_000_000,
+        "TB" => 1_000_000_000_000,
+        _ => return Err(format!("'{text}' is not a size such as 512, 8MiB or 4GiB")),
+    };
+    number
+        .parse::<u64>()
+        .ok()
+        .and_then(|n| n.checked_mul(multiplier))
+        .ok_or_else(|| format!("'{text}' is not a size such as 512, 8MiB or 4GiB"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sizes() {
+        assert_eq!(parse_size("512"), Ok(512));
+        assert_eq!(parse_size("8MiB"), Ok(8 << 20));
+        assert_eq!(parse_size("1M"), Ok(1 << 20));
+        assert_eq!(parse_size("2TiB"), Ok(2 << 40));
+        assert_eq!(parse_size("1MB"), Ok(1_000_000));
+        assert!(parse_size("MiB").is_err());
+        assert!(parse_size("8 parsecs").is_err());
+        assert!(parse_size("99999999999TiB").is_err());
+    }
+}
