@@ -31,10 +31,15 @@ trap '[[ -z ${BENCH_DIR:-} ]] && rm -rf "$work"' EXIT
 
 now() { date +%s.%N; }
 
-# best_of CMD...: runs CMD $runs times, prints the fastest wall-clock time in seconds.
+# best_of OUT CMD...: runs CMD $runs times, each time after removing OUT and
+# flushing the page cache's dirty data (untimed), and prints the fastest
+# wall-clock time in seconds.
 best_of() {
-    local best="" start end elapsed
+    local out=$1 best="" start end elapsed
+    shift
     for _ in $(seq "$runs"); do
+        rm -rf "$out"
+        sync
         start=$(now)
         "$@" >/dev/null 2>&1
         end=$(now)
@@ -71,8 +76,11 @@ content=$(allocated "$raw")
 
 ours=$work/abforge.vhdx
 theirs=$work/qemu.vhdx
-t_ours=$(best_of "$abforge" convert "$raw" "$ours" --format vhdx)
-t_theirs=$(best_of qemu-img convert -f raw -O vhdx -o subformat=dynamic "$raw" "$theirs")
+# abforge's output is complete only once it is on disk (it fsyncs before renaming);
+# qemu-img does not fsync, so the reference pipeline ends with `sync FILE`.
+qemu_convert() { qemu-img convert -f raw -O vhdx -o subformat=dynamic "$1" "$2" && sync "$2"; }
+t_ours=$(best_of "$ours" "$abforge" convert "$raw" "$ours" --format vhdx)
+t_theirs=$(best_of "$theirs" qemu_convert "$raw" "$theirs")
 qemu-img compare -q -f vhdx -F vhdx "$ours" "$theirs" || echo "  WARNING: the two VHDX files differ in content"
 qemu-img check -q -f vhdx "$ours" || echo "  WARNING: qemu-img check reports errors on abforge's VHDX"
 report "convert 4 GiB sparse raw (~600 MiB data) -> dynamic VHDX" "$t_ours" "$t_theirs" "$ours" "$theirs" "$content"
@@ -81,13 +89,13 @@ report "convert 4 GiB sparse raw (~600 MiB data) -> dynamic VHDX" "$t_ours" "$t_
 if "$abforge" build --help >/dev/null 2>&1 && [[ -f $manifest ]]; then
     direct=$work/direct
     via_raw=$work/via-raw
-    build_vhdx() { rm -rf "$direct" && "$abforge" build "$manifest" -o "$direct" --format vhdx --quiet; }
+    build_vhdx() { "$abforge" build "$manifest" -o "$direct" --format vhdx --quiet; }
     build_raw_then_convert() {
-        rm -rf "$via_raw" && "$abforge" build "$manifest" -o "$via_raw" --format raw --quiet &&
-            qemu-img convert -f raw -O vhdx -o subformat=dynamic "$via_raw"/*.raw "$via_raw/converted.vhdx"
+        "$abforge" build "$manifest" -o "$via_raw" --format raw --quiet &&
+            qemu_convert "$(ls "$via_raw"/*.raw)" "$via_raw/converted.vhdx"
     }
-    t_direct=$(best_of build_vhdx)
-    t_via=$(best_of build_raw_then_convert)
+    t_direct=$(best_of "$direct" build_vhdx)
+    t_via=$(best_of "$via_raw" build_raw_then_convert)
     raw_image=$(ls "$via_raw"/*.raw)
     report "build $(basename "$manifest"): --format vhdx vs --format raw + qemu-img convert" \
         "$t_direct" "$t_via" "$(ls "$direct"/*.vhdx)" "$via_raw/converted.vhdx" "$(allocated "$raw_image")"

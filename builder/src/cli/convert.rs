@@ -67,7 +67,7 @@ pub fn run(args: ConvertArgs) -> anyhow::Result<ExitCode> {
             .with_context(|| format!("cannot write {}", args.output.display()))
     })?;
     eprintln!(
-        "wrote {} ({}, virtual size {} bytes)",
+        "wrote {} ({}) from a disk of {} bytes",
         args.output.display(),
         args.format,
         source.size()

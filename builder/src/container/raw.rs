@@ -10,7 +10,7 @@ use std::os::unix::fs::FileExt;
 use super::{DiskSource, idx, is_zero};
 
 /// How much of the disk is examined at a time for data ranges.
-const WINDOW: u64 = 64 << 20;
+const WINDOW: u64 = 1 << 30;
 /// The copy buffer, and the granularity at which zero runs are left as holes.
 const CHUNK: usize = 1 << 20;
 

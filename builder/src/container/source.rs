@@ -255,19 +255,37 @@ pub fn file_data_ranges(file: &File, range: Range<u64>) -> io::Result<Vec<Range<
 /// may hold data; returns whether any byte is non-zero.
 pub fn read_sparse(source: &dyn DiskSource, buf: &mut [u8], offset: u64) -> io::Result<bool> {
     let end = check_range(source.size(), buf.len(), offset)?;
-    buf.fill(0);
+    let ranges = source.data_ranges(offset..end)?;
+    read_ranges(source, buf, offset, &ranges)
+}
+
+/// Like [`read_sparse`], with the data ranges already known (sorted; they may
+/// extend beyond `buf`): callers that walk a disk ask for the ranges of a large
+/// window once, as each `SEEK_DATA` costs a walk of the file's extents.
+pub fn read_ranges(
+    source: &dyn DiskSource,
+    buf: &mut [u8],
+    offset: u64,
+    ranges: &[Range<u64>],
+) -> io::Result<bool> {
+    let end = check_range(source.size(), buf.len(), offset)?;
+    let first = ranges.partition_point(|r| r.end <= offset);
     let mut non_zero = false;
-    for range in source.data_ranges(offset..end)? {
-        let start = range.start.max(offset);
+    let mut filled = offset;
+    for range in ranges[first..].iter().take_while(|r| r.start < end) {
+        let start = range.start.max(offset).max(filled);
         let stop = range.end.min(end);
         if start >= stop {
             continue;
         }
-        // Both differences are below buf.len(), a usize.
+        // All differences below are at most buf.len(), a usize.
+        buf[idx(filled - offset)..idx(start - offset)].fill(0);
         let part = &mut buf[idx(start - offset)..idx(stop - offset)];
         source.read_at(part, start)?;
         non_zero = non_zero || !is_zero(part);
+        filled = stop;
     }
+    buf[idx(filled - offset)..].fill(0);
     Ok(non_zero)
 }
 

@@ -29,7 +29,7 @@ use super::{
     HEADER_SECTION_SIZE, MAX_BLOCK_SIZE, MAX_VIRTUAL_SIZE, METADATA_REGION_GUID, MIB,
     MIN_BLOCK_SIZE, REGION_TABLE_1_OFFSET, REGION_TABLE_2_OFFSET,
 };
-use crate::container::source::read_sparse;
+use crate::container::source::read_ranges;
 use crate::container::{DiskSource, idx, is_zero};
 
 const LOG_OFFSET: u64 = MIB;
@@ -38,6 +38,8 @@ const METADATA_OFFSET: u64 = 2 * MIB;
 const BAT_OFFSET: u64 = 3 * MIB;
 /// The unit a block is read, checked and written in.
 const PIECE: u64 = 4 * MIB;
+/// How much of the disk the reading thread asks data ranges for at a time.
+const WINDOW: u64 = 1 << 30;
 /// Pieces in flight between the reading and the writing thread.
 const PIECES_IN_FLIGHT: usize = 4;
 const LOGICAL_SECTOR_SIZE: u32 = 512;
@@ -211,6 +213,7 @@ struct Piece {
     block: u64,
     /// Offset within the block.
     within: u64,
+    /// The piece's bytes when `non_zero`; stale otherwise (zero pieces are not filled).
     buf: Vec<u8>,
     non_zero: bool,
 }
@@ -238,21 +241,39 @@ fn copy_payload(
     // thread stops instead of waiting for a buffer forever.
     std::thread::scope(move |scope| {
         scope.spawn(move || {
+            // The data ranges of the window of the disk being read.
+            let mut window_end = 0u64;
+            let mut ranges: Vec<std::ops::Range<u64>> = Vec::new();
             for block in 0..geometry.data_blocks {
                 let mut within = 0;
                 while within < block_size {
-                    let Ok(mut buf) = free_rx.recv() else { return };
                     let start = block * block_size + within;
-                    let result = if start >= virtual_size {
-                        // Padding past the end of the disk.
-                        buf.fill(0);
-                        Ok(false)
-                    } else {
-                        let len = piece.min(virtual_size - start);
-                        // len <= piece, a usize.
-                        let filled = read_sparse(source, &mut buf[..idx(len)], start);
+                    if start < virtual_size && start >= window_end {
+                        // WINDOW is a multiple of the piece and pieces start at multiples of
+                        // it, so no piece straddles two windows.
+                        window_end = start.saturating_add(WINDOW).min(virtual_size);
+                        match source.data_ranges(start..window_end) {
+                            Ok(found) => ranges = found,
+                            Err(err) => {
+                                let _ = full_tx.send(Err(err));
+                                return;
+                            }
+                        }
+                    }
+                    let end = start.saturating_add(piece).min(virtual_size);
+                    let first = ranges.partition_point(|r| r.end <= start);
+                    let has_data = ranges.get(first).is_some_and(|r| r.start < end);
+                    let Ok(mut buf) = free_rx.recv() else { return };
+                    let result = if has_data {
+                        // start < end <= virtual_size here; the piece is at most 4 MiB.
+                        let len = end - start;
+                        let filled =
+                            read_ranges(source, &mut buf[..idx(len)], start, &ranges[first..]);
                         buf[idx(len)..].fill(0);
                         filled
+                    } else {
+                        // A hole, or padding past the end of the disk: the buffer is not used.
+                        Ok(false)
                     };
                     let message = result.map(|non_zero| Piece { block, within, buf, non_zero });
                     let failed = message.is_err();
@@ -291,10 +312,12 @@ fn copy_payload(
                 current = Some((block, offset));
             }
             if let Some((_, offset)) = current {
-                if dense {
-                    out.write_all_at(&buf, offset + within)?;
-                } else if non_zero {
-                    write_skipping_zeros(out, &buf, offset + within)?;
+                match (non_zero, dense) {
+                    (true, true) => out.write_all_at(&buf, offset + within)?,
+                    (true, false) => write_skipping_zeros(out, &buf, offset + within)?,
+                    // A zero piece's buffer is stale: write the zero buffer.
+                    (false, true) => out.write_all_at(&zeros, offset + within)?,
+                    (false, false) => {}
                 }
             } else if within + piece >= block_size {
                 bat_entries[idx(geometry.payload_index(block))] =
