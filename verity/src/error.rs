@@ -70,13 +70,11 @@ pub enum VerityError {
         source: io::Error,
     },
 
-    #[error(
-        "verification failed: data block {block} (byte {offset} of the data) does not match its hash in the tree"
-    )]
+    #[error("data block {block} (byte {offset} of the data) does not match its hash in the tree")]
     DataBlockMismatch { block: u64, offset: u64 },
 
     #[error(
-        "verification failed: hash block {block} (level {level}, byte {offset} of the hash file) does not match {parent}"
+        "hash block {block} (level {level}, byte {offset} of the hash file) does not match {parent}"
     )]
     HashBlockMismatch { block: u64, level: usize, offset: u64, parent: &'static str },
 }

@@ -6,6 +6,8 @@ use clap::{Parser, Subcommand};
 
 use crate::error::{exit_code_for, report};
 
+pub mod verity;
+
 /// Build immutable A/B operating-system disk images from one YAML manifest.
 #[derive(Debug, Parser)]
 #[command(name = "abforge", version, about, long_about = None)]
@@ -15,7 +17,10 @@ pub struct Cli {
 }
 
 #[derive(Debug, Subcommand)]
-pub enum Command {}
+pub enum Command {
+    /// dm-verity hash trees, byte-identical to `veritysetup format` / `verify`.
+    Verity(verity::VerityArgs),
+}
 
 /// Parses the arguments, runs the subcommand and turns its result into an exit status.
 pub fn main() -> ExitCode {
@@ -36,5 +41,7 @@ pub fn main() -> ExitCode {
 }
 
 fn run(command: Command) -> anyhow::Result<ExitCode> {
-    match command {}
+    match command {
+        Command::Verity(args) => verity::run(args),
+    }
 }
