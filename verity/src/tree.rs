@@ -24,6 +24,8 @@ use crate::{FormatOutput, VerityError, VerityParams};
 const TASK_BYTES: u64 = 4 << 20;
 /// Largest read buffer of one task.
 const READ_BYTES: u64 = 1 << 20;
+/// The longest digest supported (sha512), for stack buffers.
+const MAX_DIGEST_SIZE: usize = 64;
 
 fn to_usize(value: u64, what: &'static str) -> Result<usize, VerityError> {
     usize::try_from(value).map_err(|_| VerityError::Overflow { what })
@@ -259,8 +261,58 @@ impl<'a> Leaves<'a> {
     }
 }
 
+/// The hash blocks that cover only zero data, one per level, with their
+/// digests. Holes and zero-filled areas make many such blocks, all alike, so
+/// comparing a block with the pattern (cheap) replaces hashing it.
+struct ZeroBlocks {
+    /// `blocks[i]`: a full block of level i whose every slot holds the digest
+    /// of a zero block of the level below (of a zero data block for i = 0).
+    blocks: Vec<Vec<u8>>,
+    /// `digests[i]`: the digest of `blocks[i]`.
+    digests: Vec<Vec<u8>>,
+}
+
+impl ZeroBlocks {
+    fn new(
+        shape: Shape,
+        hasher: &BlockHasher,
+        zero_data_digest: &[u8],
+        levels: usize,
+    ) -> ZeroBlocks {
+        let mut digest = zero_data_digest.to_vec();
+        let (mut blocks, mut digests) = (Vec::new(), Vec::new());
+        for _ in 0..levels {
+            let mut block = vec![0u8; shape.hash_block_size];
+            for slot in 0..shape.hashes_per_block {
+                let at = slot * shape.slot_size;
+                block[at..at + shape.digest_size].copy_from_slice(&digest);
+            }
+            digest = hasher.digest(&block);
+            blocks.push(block);
+            digests.push(digest.clone());
+        }
+        ZeroBlocks { blocks, digests }
+    }
+
+    /// The digest of `block`, a block of level `level`.
+    fn digest_into(&self, hasher: &BlockHasher, level: usize, block: &[u8], out: &mut [u8]) {
+        if block == self.blocks[level].as_slice() {
+            out.copy_from_slice(&self.digests[level]);
+        } else {
+            hasher.digest_into(block, out);
+        }
+    }
+}
+
 /// Computes level `index` (>= 1) from the level below it.
-fn upper_level(shape: Shape, hasher: &BlockHasher, child: &[u8], blocks: usize) -> Vec<u8> {
+fn upper_level(
+    shape: Shape,
+    hasher: &BlockHasher,
+    zeros: &ZeroBlocks,
+    child: &[u8],
+    index: usize,
+    blocks: usize,
+) -> Vec<u8> {
     let Shape { hash_block_size: hbs, hashes_per_block: hpb, slot_size: slot, digest_size, .. } =
         shape;
     let mut level = vec![0u8; blocks * hbs];
@@ -268,7 +320,7 @@ fn upper_level(shape: Shape, hasher: &BlockHasher, child: &[u8], blocks: usize) 
         let children = child.chunks_exact(hbs).skip(block_index * hpb).take(hpb);
         for (slot_index, child_block) in children.enumerate() {
             let at = slot_index * slot;
-            hasher.digest_into(child_block, &mut block[at..at + digest_size]);
+            zeros.digest_into(hasher, index - 1, child_block, &mut block[at..at + digest_size]);
         }
     });
     level
@@ -331,9 +383,10 @@ pub(crate) fn format(
         leaves.fill_level0(&mut level0)?;
         levels.push(level0);
         let shape = Shape::new(&geometry)?;
+        let zeros = ZeroBlocks::new(shape, &hasher, &leaves.zero_digest, level_count);
         for index in 1..level_count {
             let blocks = to_usize(geometry.levels()[index].blocks, "tree size")?;
-            let next = upper_level(shape, &hasher, &levels[index - 1], blocks);
+            let next = upper_level(shape, &hasher, &zeros, &levels[index - 1], index, blocks);
             levels.push(next);
         }
         let top = &levels[level_count - 1];
@@ -468,12 +521,15 @@ pub(crate) fn verify(
         });
     }
     let shape = Shape::new(&geometry)?;
+    let zeros = ZeroBlocks::new(shape, &hasher, &leaves.zero_digest, level_count);
     for index in (1..level_count).rev() {
         let parent = &stored[index];
         let bad = stored[index - 1].par_chunks_exact(shape.hash_block_size).enumerate().find_first(
             |(child_index, child)| {
                 let at = shape.slot_offset(*child_index);
-                hasher.digest(child) != parent[at..at + digest_size]
+                let mut digest = [0u8; MAX_DIGEST_SIZE];
+                zeros.digest_into(&hasher, index - 1, child, &mut digest[..digest_size]);
+                digest[..digest_size] != parent[at..at + digest_size]
             },
         );
         if let Some((child_index, _)) = bad {
