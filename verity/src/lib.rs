@@ -213,9 +213,11 @@ pub fn hash_area_size(data_blocks: u64, params: &VerityParams) -> Result<u64, Ve
 ///
 /// `data` and `hash` may be the same file (opened twice or not), in which case
 /// the hash area must not overlap the data area. Only the superblock and the
-/// tree blocks are written: the hash file is never truncated, and the bytes
-/// between the superblock and the first tree block are left as they are (zero,
-/// or a hole, in a new file), like veritysetup. The file cursors of `data` and
+/// tree blocks are written, and a shorter hash file is extended to the end of
+/// the tree: the hash file is never truncated, and the bytes between the
+/// superblock and the first tree block are left as they are (zero, or a hole,
+/// in a new file), like veritysetup. Nothing is written unless the whole tree
+/// was computed, so a failed call leaves `hash` untouched. The file cursors of `data` and
 /// `hash` are not used (positioned I/O); `data`'s may be moved by SEEK_DATA.
 pub fn format(
     data: &File,
