@@ -10,6 +10,7 @@ pub mod inspect;
 use crate::error::{exit_code_for, report};
 
 pub mod convert;
+pub mod verity;
 
 /// Build immutable A/B operating-system disk images from one YAML manifest.
 #[derive(Debug, Parser)]
@@ -26,6 +27,8 @@ pub enum Command {
     Inspect(inspect::InspectArgs),
     /// Convert a disk image between raw, VHDX and fixed VHD.
     Convert(convert::ConvertArgs),
+    /// dm-verity hash trees, byte-identical to `veritysetup format` / `verify`.
+    Verity(verity::VerityArgs),
 }
 
 /// Parses the arguments, runs the subcommand and turns its result into an exit status.
@@ -52,5 +55,6 @@ fn run(command: Command) -> anyhow::Result<ExitCode> {
         Command::Validate(args) => build::run_validate(args),
         Command::Inspect(args) => inspect::run_inspect(args),
         Command::Convert(args) => convert::run(args),
+        Command::Verity(args) => verity::run(args),
     }
 }
