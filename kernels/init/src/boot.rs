@@ -225,15 +225,23 @@ fn load_modules(
         }
         Err(e) => return Err(format!("cannot read {LOAD_LIST_PATH}: {e}")),
     };
-    let (mut now, mut already) = (0, 0);
+    let (mut now, mut already, mut absent) = (0, 0, Vec::new());
     for entry in &list {
         let path = modules::module_path(entry, release);
         match modules::load(&path, cmdline).map_err(|e| e.to_string())? {
             Loaded::Now => now += 1,
             Loaded::Already => already += 1,
+            Loaded::NoDevice => {
+                absent.push(modules::module_name(&path).map(|(n, _)| n).unwrap_or(path))
+            }
         }
     }
-    console.line(&format!("loaded {now} modules ({already} already present)"));
+    let absent = if absent.is_empty() {
+        String::new()
+    } else {
+        format!("; no device for {}", absent.join(", "))
+    };
+    console.line(&format!("loaded {now} modules ({already} already present{absent})"));
     Ok(())
 }
 

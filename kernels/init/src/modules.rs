@@ -5,7 +5,9 @@
 //! to `/lib/modules/<kernel release>/` (as in `modules.dep`), dependencies first;
 //! blank lines and `#` comments are skipped; an absolute path is used as it is.
 //! Each module is loaded with `finit_module(2)`; one already loaded (EEXIST) is
-//! fine. Compressed modules (`.ko.gz`, `.ko.xz`, `.ko.zst`) are handed to the
+//! fine, and so is a driver whose hardware is absent (ENODEV: `hv_vmbus` outside
+//! Hyper-V, `crc32c-intel` without SSE 4.2), so one initramfs serves several
+//! hypervisors; if something needed is missing, a later step says what. Compressed modules (`.ko.gz`, `.ko.xz`, `.ko.zst`) are handed to the
 //! kernel with MODULE_INIT_COMPRESSED_FILE, which needs a kernel built with
 //! CONFIG_MODULE_DECOMPRESS. Module parameters given on the kernel command line as
 //! `<module>.<param>=<value>` are passed along, as modprobe does.
@@ -86,6 +88,8 @@ pub enum ModuleError {
 pub enum Loaded {
     Now,
     Already,
+    /// The module refused to load because its hardware is absent (ENODEV).
+    NoDevice,
 }
 
 /// Loads one module file with its command-line parameters.
@@ -103,6 +107,7 @@ pub fn load(path: &str, cmdline: &[Param]) -> Result<Loaded, ModuleError> {
     match rustix::system::finit_module(&file, &params, flags) {
         Ok(()) => Ok(Loaded::Now),
         Err(rustix::io::Errno::EXIST) => Ok(Loaded::Already),
+        Err(rustix::io::Errno::NODEV) => Ok(Loaded::NoDevice),
         Err(e) => Err(ModuleError::Load { path: path.to_string(), source: e.into() }),
     }
 }
