@@ -913,7 +913,10 @@ fn build<I: TarInput>(
             continue;
         };
         let parent = tree.make_dirs(parents, &implicit).map_err(|err| tree_error(&shown, err))?;
-        let existing = tree.children(parent).find(|(child, _)| child == name).map(|(_, id)| id);
+        let existing = match &tree.node(parent).kind {
+            NodeKind::Directory(children) => children.get(*name).copied(),
+            _ => None,
+        };
 
         let kind = match entry.kind {
             EntryKind::HardLink(target) => {
