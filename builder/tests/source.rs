@@ -603,6 +603,37 @@ fn archive_semantics_follow_extraction() {
 }
 
 #[test]
+fn libarchive_xattrs_and_acls() {
+    let temp = tempfile::tempdir().unwrap();
+    let path = temp.path().join("libarchive.tar");
+    let mut raw = RawTar::default();
+    raw.pax(&[
+        ("LIBARCHIVE.xattr.security.capability", b"AQAAAgAgAAAAAAAAAAAAAAAAAAA"),
+        ("LIBARCHIVE.xattr.user.odd%3Dname", b"aGVsbG8="),
+        ("SCHILY.acl.access", b"user::rw-,group::r--,other::r--"),
+    ])
+    .file("usr/bin/ping", b"elf");
+    fs::write(&path, raw.finish()).unwrap();
+    let tree = load(&path, &SourceOptions::default());
+    let xattrs = &tree.node(tree.lookup(b"usr/bin/ping").unwrap()).meta.xattrs;
+    assert_eq!(xattrs[&b"security.capability"[..]].len(), 20);
+    assert_eq!(xattrs[&b"user.odd=name"[..]], b"hello");
+
+    // Named entries cannot be carried as mode bits: refused, not dropped.
+    let message = load_error(
+        &RawTar::default()
+            .pax(&[(
+                "SCHILY.acl.access",
+                b"user::rw-,user:1000:r--,group::r--,mask::r--,other::r--",
+            )])
+            .file("srv/data", b"x")
+            .finish(),
+        "acl.tar",
+    );
+    assert!(message.contains("'srv/data'") && message.contains("ACL"), "{message}");
+}
+
+#[test]
 fn archives_made_by_the_tar_crate_with_devices_and_long_names() {
     let mut builder = tar::Builder::new(Vec::new());
     let mut add = |path: &str,

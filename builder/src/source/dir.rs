@@ -372,3 +372,34 @@ impl ContentSource for HostFile {
         self.path.display().to_string()
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn host_file_reads_within_its_length_and_reports_holes() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("f");
+        std::fs::write(&path, b"0123456789").unwrap();
+        let content = Content::Source(Arc::new(HostFile::new(path.clone(), 10)));
+        let mut buf = [0xffu8; 6];
+        content.read_exact_at(&mut buf, 7).unwrap();
+        assert_eq!(&buf, b"789\0\0\0");
+        assert_eq!(content.data_ranges().unwrap(), std::iter::once(0..10).collect::<Vec<_>>());
+
+        // A file that shrank after loading is an error naming it.
+        std::fs::write(&path, b"01234").unwrap();
+        let err = content.read_exact_at(&mut [0u8; 10], 0).unwrap_err();
+        assert!(err.to_string().contains(&path.display().to_string()), "{err}");
+
+        // All hole: no data ranges; a deleted file: an error naming it.
+        let file = File::create(&path).unwrap();
+        file.set_len(1 << 20).unwrap();
+        let holes = HostFile::new(path.clone(), 1 << 20);
+        assert_eq!(holes.data_ranges().unwrap(), []);
+        std::fs::remove_file(&path).unwrap();
+        let err = holes.read_at(&mut [0u8; 4], 0).unwrap_err();
+        assert!(err.to_string().contains(&path.display().to_string()), "{err}");
+    }
+}
