@@ -659,7 +659,7 @@ fn pax_time(text: &str) -> Option<Timestamp> {
     if nanoseconds == 0 {
         Some(Timestamp { seconds: seconds.checked_neg()?, nanoseconds: 0 })
     } else {
-        // -1.25 s is 1.75 s after -3 s... i.e. seconds -2, nanoseconds 0.75e9.
+        // -1.25 s is 0.75 s after -2 s: seconds -2, nanoseconds 750 000 000.
         Some(Timestamp {
             seconds: seconds.checked_neg()?.checked_sub(1)?,
             nanoseconds: 1_000_000_000 - nanoseconds,
