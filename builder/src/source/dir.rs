@@ -1,7 +1,7 @@
 //! Reads a host directory into a [`FileTree`], as any user.
 //!
-//! Each entry is looked at once with `lstat` (through `readdir`'s directory
-//! handle), never following a symbolic link. Recorded: type, permission bits
+//! Each entry is looked at once with `statx` relative to its open directory,
+//! never following a symbolic link. Recorded: type, permission bits
 //! (setuid, setgid and sticky included), uid and gid, modification time to the
 //! nanosecond, extended attributes (every namespace the kernel lets us list;
 //! a file system without xattr support simply gives none), device numbers, symbolic
@@ -11,16 +11,20 @@
 //! `SEEK_DATA`/`SEEK_HOLE`.
 //!
 //! Each regular file is opened once while loading, so an unreadable file is an
-//! error naming it now rather than halfway through writing an image. Left out:
+//! error naming it now rather than halfway through writing an image; its xattrs
+//! are read through that descriptor (symbolic links, devices and FIFOs, which must
+//! not be opened, by path). Left out:
 //! access and change times (file systems get the modification time for all), and
 //! the directories' own link counts (the writer computes them).
 
 use std::collections::{BTreeMap, HashMap};
-use std::fs::{self, File};
+use std::ffi::{CString, OsStr};
+use std::fs::File;
 use std::io;
 use std::ops::Range;
-use std::os::unix::ffi::{OsStrExt, OsStringExt};
-use std::os::unix::fs::{FileExt, FileTypeExt, MetadataExt};
+use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
+use std::os::unix::ffi::OsStrExt;
+use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
@@ -28,42 +32,55 @@ use abforge_partitions::tree::{
     Content, ContentSource, FileTree, Metadata, Node, NodeId, NodeKind, Timestamp,
 };
 use anyhow::Context;
-use rustix::fs::SeekFrom;
+use rustix::fs::{
+    AtFlags, CWD, Dir, FileType, Mode, OFlags, SeekFrom, Statx, StatxFlags, openat, readlinkat,
+    statx,
+};
 use rustix::io::Errno;
 
 use super::{SourceOptions, is_excluded, show};
 
 /// Reads the directory `root` (its own metadata becomes the tree root's).
 pub fn load_directory(root: &Path, opts: &SourceOptions) -> anyhow::Result<FileTree> {
-    let root_stat = fs::metadata(root)
-        .with_context(|| format!("cannot read the source directory '{}'", root.display()))?;
+    let cannot_read = |path: &Path| format!("cannot read the directory '{}'", path.display());
+    let root_fd = open_dir(CWD, root).with_context(|| cannot_read(root))?;
+    let root_stat = statx(&root_fd, c"", AtFlags::EMPTY_PATH, StatxFlags::BASIC_STATS)
+        .map_err(io::Error::from)
+        .with_context(|| cannot_read(root))?;
+    let mut tree = FileTree::new(metadata_of(&root_stat));
     let mut xattrs = XattrReader::default();
-    let mut root_meta = metadata_of(&root_stat);
-    root_meta.xattrs = xattrs.read(root)?;
-    let mut tree = FileTree::new(root_meta);
 
-    // Hard-linked non-directories already in the tree, by (device, inode).
-    let mut inodes: HashMap<(u64, u64), NodeId> = HashMap::new();
-    // Directories still to read: host path, path in the tree, node.
+    // Hard-linked non-directories already in the tree, by device and inode.
+    let mut inodes: HashMap<(u32, u32, u64), NodeId> = HashMap::new();
+    // Directories still to read: host path, path in the tree, node. Each is
+    // opened when its turn comes, so a wide tree never holds many descriptors.
     let mut pending: Vec<(PathBuf, Vec<u8>, NodeId)> =
         vec![(root.to_path_buf(), Vec::new(), tree.root())];
+    let mut root_fd = Some(root_fd);
 
     while let Some((dir_path, tree_path, dir_id)) = pending.pop() {
-        let mut entries = Vec::new();
-        for entry in fs::read_dir(&dir_path)
-            .with_context(|| format!("cannot read the directory '{}'", dir_path.display()))?
+        let dir_fd = match root_fd.take() {
+            Some(fd) => fd,
+            None => open_dir(CWD, &dir_path).with_context(|| cannot_read(&dir_path))?,
+        };
+        tree.node_mut(dir_id).meta.xattrs = xattrs.read(XattrsOf::Fd(dir_fd.as_fd()), &dir_path)?;
+        let mut names: Vec<CString> = Vec::new();
+        for entry in Dir::read_from(&dir_fd)
+            .map_err(io::Error::from)
+            .with_context(|| cannot_read(&dir_path))?
         {
-            let entry = entry
-                .with_context(|| format!("cannot read the directory '{}'", dir_path.display()))?;
-            entries.push(entry);
+            let entry = entry.map_err(io::Error::from).with_context(|| cannot_read(&dir_path))?;
+            let name = entry.file_name();
+            if name != c"." && name != c".." {
+                names.push(name.to_owned());
+            }
         }
         // Sorted so that hard links and errors come out the same whatever the
         // order `readdir` returned.
-        entries.sort_by(|a, b| a.file_name().as_bytes().cmp(b.file_name().as_bytes()));
+        names.sort_unstable_by(|a, b| a.as_bytes().cmp(b.as_bytes()));
 
-        for entry in entries {
-            let name = entry.file_name();
-            let name = name.as_bytes();
+        for c_name in names {
+            let name = c_name.as_bytes();
             let mut entry_tree_path = tree_path.clone();
             if !entry_tree_path.is_empty() {
                 entry_tree_path.push(b'/');
@@ -72,16 +89,16 @@ pub fn load_directory(root: &Path, opts: &SourceOptions) -> anyhow::Result<FileT
             if is_excluded(opts, &entry_tree_path) {
                 continue;
             }
-            let host_path = entry.path();
-            // `DirEntry::metadata` is an `fstatat(AT_SYMLINK_NOFOLLOW)` on the
-            // directory handle: one stat per entry, links not followed.
-            let stat = entry
-                .metadata()
+            let host_path = dir_path.join(OsStr::from_bytes(name));
+            // One stat per entry, relative to the open directory, links not followed.
+            let stat = statx(&dir_fd, &c_name, AtFlags::SYMLINK_NOFOLLOW, StatxFlags::BASIC_STATS)
+                .map_err(io::Error::from)
                 .with_context(|| format!("cannot stat '{}'", host_path.display()))?;
-            let file_type = stat.file_type();
+            let file_type = FileType::from_raw_mode(u32::from(stat.stx_mode));
+            let inode = (stat.stx_dev_major, stat.stx_dev_minor, stat.stx_ino);
 
-            if !file_type.is_dir() && stat.nlink() > 1 {
-                if let Some(&first) = inodes.get(&(stat.dev(), stat.ino())) {
+            if file_type != FileType::Directory && stat.stx_nlink > 1 {
+                if let Some(&first) = inodes.get(&inode) {
                     tree.link(dir_id, name, first).with_context(|| {
                         format!("cannot add '{}' to the tree", host_path.display())
                     })?;
@@ -90,35 +107,50 @@ pub fn load_directory(root: &Path, opts: &SourceOptions) -> anyhow::Result<FileT
             }
 
             let mut meta = metadata_of(&stat);
-            meta.xattrs = xattrs.read(&host_path)?;
-            let kind = if file_type.is_dir() {
-                NodeKind::Directory(BTreeMap::new())
-            } else if file_type.is_file() {
-                // Opened once now so that an unreadable file fails the load, naming it.
-                File::open(&host_path)
+            let kind = match file_type {
+                // Its xattrs are read when it is opened to list its entries.
+                FileType::Directory => NodeKind::Directory(BTreeMap::new()),
+                FileType::RegularFile => {
+                    // Opened once now so that an unreadable file fails the load,
+                    // naming it; its xattrs are read through the same descriptor.
+                    let file = openat(
+                        &dir_fd,
+                        &c_name,
+                        OFlags::RDONLY | OFlags::CLOEXEC | OFlags::NOFOLLOW | OFlags::NOCTTY,
+                        Mode::empty(),
+                    )
+                    .map_err(io::Error::from)
                     .with_context(|| format!("cannot read '{}'", host_path.display()))?;
-                NodeKind::File(Content::Source(Arc::new(HostFile {
-                    path: host_path.clone(),
-                    len: stat.len(),
-                })))
-            } else if file_type.is_symlink() {
-                let target = fs::read_link(&host_path).with_context(|| {
-                    format!("cannot read the symbolic link '{}'", host_path.display())
-                })?;
-                NodeKind::Symlink(target.into_os_string().into_vec())
-            } else if file_type.is_char_device() {
-                let (major, minor) = split_dev(stat.rdev());
-                NodeKind::CharDevice { major, minor }
-            } else if file_type.is_block_device() {
-                let (major, minor) = split_dev(stat.rdev());
-                NodeKind::BlockDevice { major, minor }
-            } else if file_type.is_fifo() {
-                NodeKind::Fifo
-            } else if file_type.is_socket() {
-                NodeKind::Socket
-            } else {
-                anyhow::bail!("'{}' has a file type abforge does not know", host_path.display());
+                    meta.xattrs = xattrs.read(XattrsOf::Fd(file.as_fd()), &host_path)?;
+                    NodeKind::File(Content::Source(Arc::new(HostFile {
+                        path: host_path.clone(),
+                        len: stat.stx_size,
+                    })))
+                }
+                FileType::Symlink => {
+                    let target = readlinkat(&dir_fd, &c_name, Vec::new())
+                        .map_err(io::Error::from)
+                        .with_context(|| {
+                            format!("cannot read the symbolic link '{}'", host_path.display())
+                        })?;
+                    NodeKind::Symlink(target.into_bytes())
+                }
+                FileType::CharacterDevice => {
+                    NodeKind::CharDevice { major: stat.stx_rdev_major, minor: stat.stx_rdev_minor }
+                }
+                FileType::BlockDevice => {
+                    NodeKind::BlockDevice { major: stat.stx_rdev_major, minor: stat.stx_rdev_minor }
+                }
+                FileType::Fifo => NodeKind::Fifo,
+                FileType::Socket => NodeKind::Socket,
+                FileType::Unknown => {
+                    anyhow::bail!("'{}' has a file type abforge does not know", host_path.display())
+                }
             };
+            if !matches!(kind, NodeKind::Directory(_) | NodeKind::File(_)) {
+                // Not opened (a FIFO or device must not be): xattrs by path.
+                meta.xattrs = xattrs.read(XattrsOf::Path(&host_path), &host_path)?;
+            }
             let is_dir = kind.is_dir();
             let id = tree.add(dir_id, name, Node { meta, kind }).with_context(|| {
                 format!(
@@ -129,34 +161,33 @@ pub fn load_directory(root: &Path, opts: &SourceOptions) -> anyhow::Result<FileT
             })?;
             if is_dir {
                 pending.push((host_path, entry_tree_path, id));
-            } else if stat.nlink() > 1 {
-                inodes.insert((stat.dev(), stat.ino()), id);
+            } else if stat.stx_nlink > 1 {
+                inodes.insert(inode, id);
             }
         }
     }
     Ok(tree)
 }
 
-fn metadata_of(stat: &fs::Metadata) -> Metadata {
-    // `st_mode & 0o7777` fits in 12 bits, and `mtime_nsec` is in 0..1e9.
-    let permissions = (stat.mode() & 0o7777) as u16;
-    let nanoseconds = u32::try_from(stat.mtime_nsec()).unwrap_or(0);
+fn open_dir(at: impl AsFd, path: &Path) -> io::Result<OwnedFd> {
+    let flags = OFlags::RDONLY | OFlags::DIRECTORY | OFlags::CLOEXEC;
+    Ok(openat(at, path, flags, Mode::empty())?)
+}
+
+fn metadata_of(stat: &Statx) -> Metadata {
     Metadata::new(
-        permissions,
-        stat.uid(),
-        stat.gid(),
-        Timestamp { seconds: stat.mtime(), nanoseconds },
+        stat.stx_mode & 0o7777,
+        stat.stx_uid,
+        stat.stx_gid,
+        Timestamp { seconds: stat.stx_mtime.tv_sec, nanoseconds: stat.stx_mtime.tv_nsec },
     )
 }
 
-/// Splits a Linux `dev_t` into major and minor numbers: the major is bits 8–19
-/// and 32–63, the minor bits 0–7 and 20–31 (glibc's `gnu_dev_major/minor`).
-pub fn split_dev(dev: u64) -> (u32, u32) {
-    let major = ((dev >> 32) & 0xffff_f000) | ((dev >> 8) & 0x0000_0fff);
-    let minor = ((dev >> 12) & 0xffff_ff00) | (dev & 0x0000_00ff);
-    // Both masks keep at most 32 bits.
-    let narrow = |value: u64| u32::try_from(value).unwrap_or(u32::MAX);
-    (narrow(major), narrow(minor))
+/// Whose extended attributes to read: an open file, or a path (not followed).
+#[derive(Clone, Copy)]
+enum XattrsOf<'a> {
+    Fd(BorrowedFd<'a>),
+    Path(&'a Path),
 }
 
 /// Lists and reads extended attributes, reusing its buffers across entries.
@@ -167,32 +198,43 @@ struct XattrReader {
 }
 
 impl XattrReader {
-    fn read(&mut self, path: &Path) -> anyhow::Result<BTreeMap<Vec<u8>, Vec<u8>>> {
+    /// All attributes of `of` (`path` names it in messages). A file system
+    /// without xattr support gives none.
+    fn read(
+        &mut self,
+        of: XattrsOf<'_>,
+        path: &Path,
+    ) -> anyhow::Result<BTreeMap<Vec<u8>, Vec<u8>>> {
         let mut out = BTreeMap::new();
+        let cannot_list = || format!("cannot list the extended attributes of '{}'", path.display());
         let names_len = loop {
             if self.names.is_empty() {
                 self.names.resize(4096, 0);
             }
-            match rustix::fs::llistxattr(path, &mut self.names[..]) {
+            let listed = match of {
+                XattrsOf::Fd(fd) => rustix::fs::flistxattr(fd, &mut self.names[..]),
+                XattrsOf::Path(path) => rustix::fs::llistxattr(path, &mut self.names[..]),
+            };
+            match listed {
                 Ok(len) => break len,
-                // A file system without extended attributes has none to copy.
                 Err(Errno::NOTSUP) => return Ok(out),
                 Err(Errno::RANGE) => {
-                    let needed = rustix::fs::llistxattr_query(path).with_context(|| {
-                        format!("cannot list the extended attributes of '{}'", path.display())
-                    })?;
+                    let needed = match of {
+                        XattrsOf::Fd(fd) => rustix::fs::flistxattr_query(fd),
+                        XattrsOf::Path(path) => rustix::fs::llistxattr_query(path),
+                    };
+                    let needed = needed.map_err(io::Error::from).with_context(cannot_list)?;
                     self.names.resize(needed.max(self.names.len() * 2), 0);
                 }
-                Err(err) => {
-                    return Err(io::Error::from(err)).with_context(|| {
-                        format!("cannot list the extended attributes of '{}'", path.display())
-                    });
-                }
+                Err(err) => return Err(io::Error::from(err)).with_context(cannot_list),
             }
         };
+        if names_len == 0 {
+            return Ok(out);
+        }
         let names = std::mem::take(&mut self.names);
         for name in names[..names_len].split(|&b| b == 0).filter(|name| !name.is_empty()) {
-            if let Some(value) = self.value_of(path, name)? {
+            if let Some(value) = self.value_of(of, path, name)? {
                 out.insert(name.to_vec(), value);
             }
         }
@@ -202,7 +244,12 @@ impl XattrReader {
 
     /// One attribute's value; `None` when it vanished or is not readable on this
     /// file system (ENODATA, ENOTSUP).
-    fn value_of(&mut self, path: &Path, name: &[u8]) -> anyhow::Result<Option<Vec<u8>>> {
+    fn value_of(
+        &mut self,
+        of: XattrsOf<'_>,
+        path: &Path,
+        name: &[u8],
+    ) -> anyhow::Result<Option<Vec<u8>>> {
         let describe = || {
             format!(
                 "cannot read the extended attribute '{}' of '{}'",
@@ -214,13 +261,19 @@ impl XattrReader {
             if self.value.is_empty() {
                 self.value.resize(4096, 0);
             }
-            match rustix::fs::lgetxattr(path, name, &mut self.value[..]) {
+            let read = match of {
+                XattrsOf::Fd(fd) => rustix::fs::fgetxattr(fd, name, &mut self.value[..]),
+                XattrsOf::Path(path) => rustix::fs::lgetxattr(path, name, &mut self.value[..]),
+            };
+            match read {
                 Ok(len) => return Ok(Some(self.value[..len].to_vec())),
                 Err(Errno::NODATA | Errno::NOTSUP) => return Ok(None),
                 Err(Errno::RANGE) => {
-                    let needed = rustix::fs::lgetxattr_query(path, name)
-                        .map_err(io::Error::from)
-                        .with_context(describe)?;
+                    let needed = match of {
+                        XattrsOf::Fd(fd) => rustix::fs::fgetxattr_query(fd, name),
+                        XattrsOf::Path(path) => rustix::fs::lgetxattr_query(path, name),
+                    };
+                    let needed = needed.map_err(io::Error::from).with_context(describe)?;
                     self.value.resize(needed.max(self.value.len() * 2), 0);
                 }
                 Err(err) => return Err(io::Error::from(err)).with_context(describe),
@@ -325,13 +378,28 @@ mod tests {
     use super::*;
 
     #[test]
-    fn splits_linux_device_numbers() {
-        // makedev(8, 1) and makedev(0x12345, 0x6789a) in the Linux encoding.
-        assert_eq!(split_dev(0x0801), (8, 1));
-        let dev = ((0x12345u64 & 0xfffff000) << 32)
-            | ((0x12345u64 & 0xfff) << 8)
-            | ((0x6789au64 & 0xffffff00) << 12)
-            | (0x6789au64 & 0xff);
-        assert_eq!(split_dev(dev), (0x12345, 0x6789a));
+    fn host_file_reads_within_its_length_and_reports_holes() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("f");
+        std::fs::write(&path, b"0123456789").unwrap();
+        let content = Content::Source(Arc::new(HostFile::new(path.clone(), 10)));
+        let mut buf = [0xffu8; 6];
+        content.read_exact_at(&mut buf, 7).unwrap();
+        assert_eq!(&buf, b"789\0\0\0");
+        assert_eq!(content.data_ranges().unwrap(), std::iter::once(0..10).collect::<Vec<_>>());
+
+        // A file that shrank after loading is an error naming it.
+        std::fs::write(&path, b"01234").unwrap();
+        let err = content.read_exact_at(&mut [0u8; 10], 0).unwrap_err();
+        assert!(err.to_string().contains(&path.display().to_string()), "{err}");
+
+        // All hole: no data ranges; a deleted file: an error naming it.
+        let file = File::create(&path).unwrap();
+        file.set_len(1 << 20).unwrap();
+        let holes = HostFile::new(path.clone(), 1 << 20);
+        assert_eq!(holes.data_ranges().unwrap(), []);
+        std::fs::remove_file(&path).unwrap();
+        let err = holes.read_at(&mut [0u8; 4], 0).unwrap_err();
+        assert!(err.to_string().contains(&path.display().to_string()), "{err}");
     }
 }

@@ -104,8 +104,8 @@ fn hex(bytes: &[u8]) -> String {
 /// The SHA-256 of the content, or the read error in its place.
 fn content_sha256(content: &Content) -> String {
     let mut hasher = Sha256::new();
-    let mut buf = vec![0u8; 1 << 20];
     let len = content.len();
+    let mut buf = vec![0u8; usize::try_from(len).map_or(1 << 20, |len| len.min(1 << 20))];
     let mut offset = 0;
     while offset < len {
         let chunk = usize::try_from(len - offset).map_or(buf.len(), |left| left.min(buf.len()));

@@ -5,7 +5,8 @@
 //! long names and link names (`L`, `K`), base-256 numbers, the GNU magic, dump
 //! directories (`D`, read as plain directories). Pax records used: `path`,
 //! `linkpath`, `size`, `uid`, `gid`, `mtime` (with nanoseconds) and
-//! `SCHILY.xattr.<name>` (raw xattr values, as GNU tar and libarchive write them).
+//! `SCHILY.xattr.<name>` (raw xattr values, as GNU tar and libarchive write them)
+//! and `LIBARCHIVE.xattr.<%-escaped name>` (base64 values, libarchive).
 //!
 //! Semantics follow extraction with `tar -x --numeric-owner`: a later entry for the
 //! same path wins (a directory entry over a directory only updates its metadata), a
@@ -17,8 +18,9 @@
 //! Left out, on purpose: sparse members (GNU `S` and `GNU.sparse.*`; refused with a
 //! message, since GNU tar writes them only with `--sparse`), multi-volume members,
 //! user and group names (numeric ids only, so a build never depends on the host's
-//! user database), `SCHILY.acl.*` text ACLs and `LIBARCHIVE.xattr.*` (libarchive
-//! also writes the `SCHILY.xattr.*` form).
+//! user database). POSIX ACLs in the text form of `tar --acls` (`SCHILY.acl.*`) are
+//! refused with a message rather than dropped (a directory source carries them as
+//! `system.posix_acl_*` xattrs).
 //!
 //! A plain archive is never copied: file contents are byte ranges of it, read with
 //! positioned reads. A compressed archive is decompressed once, while it is parsed,
@@ -480,7 +482,11 @@ struct Pax {
     gid: Option<u32>,
     mtime: Option<Timestamp>,
     xattrs: BTreeMap<Vec<u8>, Vec<u8>>,
+    /// Values of `LIBARCHIVE.xattr.*` records, used for names with no `SCHILY.xattr.*` record.
+    libarchive_xattrs: BTreeMap<Vec<u8>, Vec<u8>>,
     sparse: bool,
+    /// The first `SCHILY.acl.*` record's key, if any.
+    acl: Option<String>,
 }
 
 /// One pax record: key and value.
@@ -518,6 +524,19 @@ impl Pax {
         if let Some(name) = key.strip_prefix(b"SCHILY.xattr.") {
             // An empty value is a real (empty) attribute value.
             self.xattrs.insert(name.to_vec(), value.to_vec());
+            return Ok(());
+        }
+        if let Some(encoded) = key.strip_prefix(b"LIBARCHIVE.xattr.") {
+            let name = percent_decode(encoded).ok_or_else(|| bad("LIBARCHIVE.xattr"))?;
+            let value = base64_decode(value).ok_or_else(|| bad("LIBARCHIVE.xattr"))?;
+            self.libarchive_xattrs.insert(name, value);
+            return Ok(());
+        }
+        if key.starts_with(b"SCHILY.acl.")
+            && !value.is_empty()
+            && !(key == b"SCHILY.acl.access" && acl_is_trivial(value))
+        {
+            self.acl.get_or_insert_with(|| String::from_utf8_lossy(key).into_owned());
             return Ok(());
         }
         if key.starts_with(b"GNU.sparse.") {
@@ -559,6 +578,61 @@ impl Pax {
     }
 }
 
+/// Whether a text access ACL only repeats the permission bits (owner, group and
+/// other entries, nothing named, no mask).
+fn acl_is_trivial(text: &[u8]) -> bool {
+    text.split(|&b| b == b',' || b == b'\n').filter(|entry| !entry.is_empty()).all(|entry| {
+        let mut fields = entry.split(|&b| b == b':');
+        let tag = fields.next().unwrap_or_default();
+        let qualifier = fields.next().unwrap_or_default();
+        matches!(tag, b"user" | b"u" | b"group" | b"g" | b"other" | b"o") && qualifier.is_empty()
+    })
+}
+
+/// Undoes the %XX escapes libarchive uses in xattr names.
+fn percent_decode(text: &[u8]) -> Option<Vec<u8>> {
+    let mut out = Vec::with_capacity(text.len());
+    let mut bytes = text.iter();
+    while let Some(&byte) = bytes.next() {
+        if byte == b'%' {
+            let high = char::from(*bytes.next()?).to_digit(16)?;
+            let low = char::from(*bytes.next()?).to_digit(16)?;
+            // Two hex digits make a value below 256.
+            out.push(u8::try_from(high * 16 + low).ok()?);
+        } else {
+            out.push(byte);
+        }
+    }
+    Some(out)
+}
+
+/// Decodes standard base64 (RFC 4648 §4), with or without `=` padding, as
+/// libarchive writes xattr values.
+fn base64_decode(text: &[u8]) -> Option<Vec<u8>> {
+    let text = text.strip_suffix(b"==").or_else(|| text.strip_suffix(b"=")).unwrap_or(text);
+    let mut out = Vec::with_capacity(text.len() * 3 / 4);
+    let mut bits: u32 = 0;
+    let mut count = 0;
+    for &byte in text {
+        let value = match byte {
+            b'A'..=b'Z' => byte - b'A',
+            b'a'..=b'z' => byte - b'a' + 26,
+            b'0'..=b'9' => byte - b'0' + 52,
+            b'+' => 62,
+            b'/' => 63,
+            _ => return None,
+        };
+        bits = (bits << 6) | u32::from(value);
+        count += 6;
+        if count >= 8 {
+            count -= 8;
+            out.push((bits >> count).to_le_bytes()[0]);
+            bits &= (1 << count) - 1;
+        }
+    }
+    Some(out)
+}
+
 /// A pax time: decimal seconds with an optional fraction, possibly negative.
 fn pax_time(text: &str) -> Option<Timestamp> {
     let (negative, text) = match text.strip_prefix('-') {
@@ -585,7 +659,7 @@ fn pax_time(text: &str) -> Option<Timestamp> {
     if nanoseconds == 0 {
         Some(Timestamp { seconds: seconds.checked_neg()?, nanoseconds: 0 })
     } else {
-        // -1.25 s is 1.75 s after -3 s... i.e. seconds -2, nanoseconds 0.75e9.
+        // -1.25 s is 0.75 s after -2 s: seconds -2, nanoseconds 750 000 000.
         Some(Timestamp {
             seconds: seconds.checked_neg()?.checked_sub(1)?,
             nanoseconds: 1_000_000_000 - nanoseconds,
@@ -788,6 +862,14 @@ impl<I: TarInput> Parser<'_, I> {
             let permissions = u16::try_from(mode & 0o7777).map_err(|_| bad_field("mode"))?;
             let mut meta = Metadata::new(permissions, uid, gid, mtime);
             meta.xattrs = std::mem::take(&mut pax.xattrs);
+            for (name, value) in std::mem::take(&mut pax.libarchive_xattrs) {
+                meta.xattrs.entry(name).or_insert(value);
+            }
+            if let Some(acl) = &pax.acl {
+                return Err(self.refuse(format!(
+                    "the entry '{shown}' has POSIX ACLs in text form ({acl}), which abforge does not read from tar archives; give the tree as a directory, or make the archive without '--acls'"
+                )));
+            }
 
             if typeflag == b'S' || pax.sparse {
                 return Err(self.refuse(format!(
@@ -913,7 +995,10 @@ fn build<I: TarInput>(
             continue;
         };
         let parent = tree.make_dirs(parents, &implicit).map_err(|err| tree_error(&shown, err))?;
-        let existing = tree.children(parent).find(|(child, _)| child == name).map(|(_, id)| id);
+        let existing = match &tree.node(parent).kind {
+            NodeKind::Directory(children) => children.get(*name).copied(),
+            _ => None,
+        };
 
         let kind = match entry.kind {
             EntryKind::HardLink(target) => {
@@ -1008,6 +1093,18 @@ mod tests {
             [(&b"path"[..], &b"a/b"[..]), (&b"SCHILY.xattr.user.x"[..], &b"a\nb"[..])]
         );
         assert!(pax_records(b"99 path=a\n").is_err());
+    }
+
+    #[test]
+    fn libarchive_encodings() {
+        assert_eq!(base64_decode(b"aGVsbG8="), Some(b"hello".to_vec()));
+        assert_eq!(base64_decode(b"aGVsbG8"), Some(b"hello".to_vec()));
+        assert_eq!(base64_decode(b"AQAAAgAgAAAAAAAAAAAAAAAAAAA").map(|v| v.len()), Some(20));
+        assert_eq!(base64_decode(b"a*"), None);
+        assert_eq!(percent_decode(b"user.a%3Db%25"), Some(b"user.a=b%".to_vec()));
+        assert_eq!(percent_decode(b"%zz"), None);
+        assert!(acl_is_trivial(b"user::rw-,group::r--,other::r--"));
+        assert!(!acl_is_trivial(b"user::rw-,user:1000:r--,group::r--,mask::r--,other::r--"));
     }
 
     #[test]
