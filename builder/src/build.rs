@@ -7,11 +7,11 @@ use std::fs::{self, File};
 use std::io;
 use std::path::{Path, PathBuf};
 
+use abforge_partitions::FileRegion;
 use abforge_partitions::fat::{self, FatOptions};
 use abforge_partitions::gpt::{GptLayout, PartitionEntry, SECTOR_SIZE};
 use abforge_partitions::tree::Timestamp;
-use abforge_partitions::FileRegion;
-use anyhow::{bail, Context as _};
+use anyhow::{Context as _, bail};
 use rayon::prelude::*;
 use sha2::{Digest, Sha256};
 
@@ -47,9 +47,11 @@ pub fn build(plan: &Plan, inputs: &Inputs, out_dir: &Path) -> anyhow::Result<Bui
 
     let (produced, image_report) = match plan.format {
         ImageFormat::Raw => write_atomically(&image, |file| {
-            file.set_len(plan.disk_size)
-                .with_context(|| format!("cannot size {} to {} bytes", image.display(), plan.disk_size))?;
-            let produced = produce_partitions(plan, inputs, |p| FileRegion::new(file, p.offset, p.size))?;
+            file.set_len(plan.disk_size).with_context(|| {
+                format!("cannot size {} to {} bytes", image.display(), plan.disk_size)
+            })?;
+            let produced =
+                produce_partitions(plan, inputs, |p| FileRegion::new(file, p.offset, p.size))?;
             write_gpt(plan, file)?;
             let image_report = describe_image(file, &image_name, plan.disk_size, false)?;
             Ok((produced, image_report))
@@ -125,7 +127,12 @@ fn produce(
 
 /// A FAT label from a partition label: upper case, at most 11 bytes.
 fn fat_label(label: &str) -> String {
-    label.to_ascii_uppercase().chars().filter(|c| c.is_ascii_graphic() || *c == ' ').take(11).collect()
+    label
+        .to_ascii_uppercase()
+        .chars()
+        .filter(|c| c.is_ascii_graphic() || *c == ' ')
+        .take(11)
+        .collect()
 }
 
 /// The GPT of the plan.
@@ -155,9 +162,15 @@ fn write_gpt(plan: &Plan, file: &File) -> anyhow::Result<()> {
 }
 
 /// Size and digests of a written image (see [`ImageReport`]).
-fn describe_image(file: &File, name: &str, virtual_size: u64, whole_file_digest: bool) -> anyhow::Result<ImageReport> {
+fn describe_image(
+    file: &File,
+    name: &str,
+    virtual_size: u64,
+    whole_file_digest: bool,
+) -> anyhow::Result<ImageReport> {
     use std::os::unix::fs::FileExt;
     const BLOCK: u64 = 4096;
+    const BLOCK_BYTES: usize = 4096;
     let len = file.metadata()?.len();
     let mut data = Sha256::new();
     let mut whole = whole_file_digest.then(Sha256::new);
@@ -173,7 +186,7 @@ fn describe_image(file: &File, name: &str, virtual_size: u64, whole_file_digest:
                 .min(buf.len());
             let chunk = &mut buf[..n];
             file.read_exact_at(chunk, offset).map_err(|e| read_error(e, offset))?;
-            for (i, block) in chunk.chunks(BLOCK as usize).enumerate() {
+            for (i, block) in chunk.chunks(BLOCK_BYTES).enumerate() {
                 if !is_zero(block) {
                     data.update((offset + i as u64 * BLOCK).to_le_bytes());
                     data.update(block);

@@ -104,6 +104,9 @@ mod tests {
         assert_eq!(seed.disk_guid().to_string(), "3f200c87-6598-4b5b-8d76-e3fdee615e0b");
         assert_eq!(seed.partition_uuid(esp, 0).to_string(), "c750afde-e819-41d5-bab3-988c9bcddd73");
         assert_eq!(seed.partition_uuid(esp, 1).to_string(), "c128ed9b-f160-4a25-bc7c-c19b90691733");
-        assert_eq!(seed.partition_uuid(linux, 0).to_string(), "f582192c-e3f5-4f7a-b201-2507ec9134bb");
+        assert_eq!(
+            seed.partition_uuid(linux, 0).to_string(),
+            "f582192c-e3f5-4f7a-b201-2507ec9134bb"
+        );
     }
 }

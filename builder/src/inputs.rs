@@ -6,12 +6,12 @@
 use std::collections::BTreeMap;
 use std::path::Path;
 
-use abforge_partitions::tree::FileTree;
 use abforge_partitions::fat;
+use abforge_partitions::tree::FileTree;
 
 use crate::manifest::{FilesystemKind, ManifestError, Size, SourceLocation};
 use crate::plan::{Contents, Plan, PlannedPartition};
-use crate::source::{load_source, SourceOptions};
+use crate::source::{SourceOptions, load_source};
 
 /// File trees for the partitions that have contents, by GPT index.
 #[derive(Debug, Default)]
@@ -57,7 +57,11 @@ pub fn load_inputs(plan: &Plan) -> Result<Inputs, Vec<ManifestError>> {
         if !path.exists() {
             errors.push(error(
                 location,
-                format!("partition '{}': contents {} does not exist", partition.name, path.display()),
+                format!(
+                    "partition '{}': contents {} does not exist",
+                    partition.name,
+                    path.display()
+                ),
             ));
             continue;
         }
@@ -70,7 +74,11 @@ pub fn load_inputs(plan: &Plan) -> Result<Inputs, Vec<ManifestError>> {
             }
             Err(err) => errors.push(error(
                 location,
-                format!("partition '{}': cannot read contents {}: {err:#}", partition.name, path.display()),
+                format!(
+                    "partition '{}': cannot read contents {}: {err:#}",
+                    partition.name,
+                    path.display()
+                ),
             )),
         }
     }
@@ -80,7 +88,9 @@ pub fn load_inputs(plan: &Plan) -> Result<Inputs, Vec<ManifestError>> {
 /// Whether `tree` fits in the partition's file system.
 fn check_fits(partition: &PlannedPartition, tree: &FileTree) -> Result<(), String> {
     let needed = match partition.filesystem {
-        FilesystemKind::Vfat => fat::min_fat_size(tree).map_err(|e| format!("partition '{}': {e}", partition.name))?,
+        FilesystemKind::Vfat => {
+            fat::min_fat_size(tree).map_err(|e| format!("partition '{}': {e}", partition.name))?
+        }
         FilesystemKind::Ext4 | FilesystemKind::None => return Ok(()),
     };
     if needed > partition.size {

@@ -5,12 +5,12 @@ use std::fmt::Write as _;
 use std::io;
 use std::path::Path;
 
-use abforge_partitions::gpt::{self, attribute_names, PartitionType, ReadAt};
-use abforge_partitions::probe::{probe_filesystem, FsProbe};
+use abforge_partitions::gpt::{self, PartitionType, ReadAt, attribute_names};
+use abforge_partitions::probe::{FsProbe, probe_filesystem};
 use anyhow::Context as _;
 use serde::Serialize;
 
-use crate::container::{detect_format, open_image, DiskSource};
+use crate::container::{DiskSource, detect_format, open_image};
 use crate::manifest::Size;
 
 /// Lets the partition readers read through any container.
@@ -20,7 +20,10 @@ impl ReadAt for DiskReader<'_> {
     fn read_exact_at(&self, buf: &mut [u8], offset: u64) -> io::Result<()> {
         let end = offset.checked_add(buf.len() as u64);
         if end.is_none_or(|end| end > self.0.size()) {
-            return Err(io::Error::new(io::ErrorKind::UnexpectedEof, format!("read at {offset} is past the end of the disk")));
+            return Err(io::Error::new(
+                io::ErrorKind::UnexpectedEof,
+                format!("read at {offset} is past the end of the disk"),
+            ));
         }
         self.0.read_at(buf, offset)
     }
@@ -86,22 +89,26 @@ impl FoundFilesystem {
     fn from_probe(probe: FsProbe) -> FoundFilesystem {
         let kind = probe.kind();
         match probe {
-            FsProbe::Fat { fat_type, label, volume_id, cluster_size, clusters } => FoundFilesystem {
-                kind,
-                fat_type: Some(fat_type.name()),
-                label: Some(label),
-                volume_id: Some(format!("{volume_id:08x}")),
-                block_size: Some(cluster_size),
-                blocks: Some(u64::from(clusters)),
-                ..FoundFilesystem::default()
-            },
+            FsProbe::Fat { fat_type, label, volume_id, cluster_size, clusters } => {
+                FoundFilesystem {
+                    kind,
+                    fat_type: Some(fat_type.name()),
+                    label: Some(label),
+                    volume_id: Some(format!("{volume_id:08x}")),
+                    block_size: Some(cluster_size),
+                    blocks: Some(u64::from(clusters)),
+                    ..FoundFilesystem::default()
+                }
+            }
             FsProbe::Ext4 { label, uuid, block_size, blocks, free_blocks } => FoundFilesystem {
                 kind,
                 label: Some(label),
                 uuid: Some(uuid.to_string()),
                 block_size: Some(block_size),
                 blocks: Some(blocks),
-                used_bytes: Some(blocks.saturating_sub(free_blocks).saturating_mul(u64::from(block_size))),
+                used_bytes: Some(
+                    blocks.saturating_sub(free_blocks).saturating_mul(u64::from(block_size)),
+                ),
                 ..FoundFilesystem::default()
             },
             FsProbe::Verity(sb) => FoundFilesystem {
@@ -113,8 +120,12 @@ impl FoundFilesystem {
                 salt: Some(crate::build::hex(&sb.salt)),
                 ..FoundFilesystem::default()
             },
-            FsProbe::Unreadable { reason } => FoundFilesystem { kind, reason: Some(reason), ..FoundFilesystem::default() },
-            FsProbe::Empty | FsProbe::Unknown => FoundFilesystem { kind, ..FoundFilesystem::default() },
+            FsProbe::Unreadable { reason } => {
+                FoundFilesystem { kind, reason: Some(reason), ..FoundFilesystem::default() }
+            }
+            FsProbe::Empty | FsProbe::Unknown => {
+                FoundFilesystem { kind, ..FoundFilesystem::default() }
+            }
         }
     }
 
@@ -143,7 +154,8 @@ impl FoundFilesystem {
 /// Reads the GPT of `path` and probes every partition.
 pub fn inspect_image(path: &Path) -> anyhow::Result<Inspection> {
     let format = {
-        let file = std::fs::File::open(path).with_context(|| format!("cannot open {}", path.display()))?;
+        let file =
+            std::fs::File::open(path).with_context(|| format!("cannot open {}", path.display()))?;
         detect_format(&file).with_context(|| format!("cannot read {}", path.display()))?
     };
     let disk = open_image(path)?;
@@ -190,10 +202,18 @@ impl Inspection {
             Size(self.virtual_size),
             self.disk_guid
         );
-        let _ = writeln!(out, "{:>3}  {:<12} {:<15} {:>9} {:>10}  {:<36}  {:<9} file system", "#", "name", "type", "size", "offset", "uuid", "flags");
+        let _ = writeln!(
+            out,
+            "{:>3}  {:<12} {:<15} {:>9} {:>10}  {:<36}  {:<9} file system",
+            "#", "name", "type", "size", "offset", "uuid", "flags"
+        );
         for p in &self.partitions {
             let type_name = p.type_name.map(str::to_string).unwrap_or_else(|| p.type_guid.clone());
-            let flags = if p.attribute_names.is_empty() { "-".to_string() } else { p.attribute_names.join(",") };
+            let flags = if p.attribute_names.is_empty() {
+                "-".to_string()
+            } else {
+                p.attribute_names.join(",")
+            };
             let _ = writeln!(
                 out,
                 "{:>3}  {:<12} {:<15} {:>9} {:>10}  {:<36}  {:<9} {}",

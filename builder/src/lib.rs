@@ -13,6 +13,6 @@ pub mod inputs;
 pub mod inspect;
 pub mod manifest;
 pub mod plan;
-pub mod report;
 pub mod profile;
+pub mod report;
 pub mod source;

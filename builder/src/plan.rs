@@ -11,13 +11,13 @@
 use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
 
-use abforge_partitions::gpt::PartitionType;
 use abforge_partitions::Guid;
+use abforge_partitions::gpt::PartitionType;
 
 use crate::identity::Seed;
 use crate::manifest::{
-    location_of, FilesystemKind, ImageFormat, Manifest, ManifestError, PartitionSpec, SizeSpec,
-    SourceLocation, Spanned, VerityMode,
+    FilesystemKind, ImageFormat, Manifest, ManifestError, PartitionSpec, SizeSpec, SourceLocation,
+    Spanned, VerityMode, location_of,
 };
 
 /// Partition alignment and the granularity of partition sizes.
@@ -155,14 +155,11 @@ pub fn plan(
     {
         check.at(sde, "source_date_epoch cannot be negative");
     }
-    let format = overrides
-        .format
-        .or(manifest.format.as_ref().map(|f| f.value))
-        .unwrap_or(ImageFormat::Vhdx);
+    let format =
+        overrides.format.or(manifest.format.as_ref().map(|f| f.value)).unwrap_or(ImageFormat::Vhdx);
 
-    let rootfs = manifest.rootfs.as_ref().map(|r| {
-        (base_dir.join(&r.source.value), check.loc(&r.source))
-    });
+    let rootfs =
+        manifest.rootfs.as_ref().map(|r| (base_dir.join(&r.source.value), check.loc(&r.source)));
 
     // Expand per-slot entries slot by slot, then the shared ones.
     let mut expanded: Vec<(&PartitionSpec, Option<&str>)> = Vec::new();
@@ -388,7 +385,10 @@ fn check_identity_fields(check: &mut Checker<'_>, manifest: &Manifest) {
         check.at(&manifest.version, "version cannot be empty");
     }
     if manifest.seed.value.is_empty() {
-        check.at(&manifest.seed, "seed cannot be empty: every identity in the image derives from it");
+        check.at(
+            &manifest.seed,
+            "seed cannot be empty: every identity in the image derives from it",
+        );
     }
 }
 
@@ -402,7 +402,10 @@ fn check_slots(check: &mut Checker<'_>, manifest: &Manifest) -> Vec<String> {
     }
     for slot in &slots.value {
         let s = &slot.value;
-        if s.is_empty() || s.len() > 8 || !s.chars().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit()) {
+        if s.is_empty()
+            || s.len() > 8
+            || !s.chars().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit())
+        {
             check.at(slot, format!("slot name '{s}' must be 1 to 8 lower-case letters or digits"));
         } else if seen.contains(s) {
             check.at(slot, format!("slot '{s}' is listed twice"));
@@ -434,7 +437,12 @@ fn check_filesystem(
     if let (Some(c), Some(Contents::Rootfs)) = (&spec.contents, contents)
         && manifest.rootfs.is_none()
     {
-        check.at(c, format!("partition '{name}' takes the root contents but the manifest has no rootfs.source"));
+        check.at(
+            c,
+            format!(
+                "partition '{name}' takes the root contents but the manifest has no rootfs.source"
+            ),
+        );
     }
     if let Some(label) = &spec.label {
         let max = match filesystem {
@@ -442,16 +450,20 @@ fn check_filesystem(
             _ => 16,
         };
         if label.value.len() > max {
-            check.at(label, format!("label '{}' is longer than the {max} bytes {} allows", label.value, filesystem.name()));
+            check.at(
+                label,
+                format!(
+                    "label '{}' is longer than the {max} bytes {} allows",
+                    label.value,
+                    filesystem.name()
+                ),
+            );
         }
     }
     if let Some(verity) = &spec.verity
         && verity.value != VerityMode::None
     {
-        check.at(
-            verity,
-            format!("partition '{name}': verity is not supported yet"),
-        );
+        check.at(verity, format!("partition '{name}': verity is not supported yet"));
     }
 }
 
@@ -485,7 +497,10 @@ partitions:
         let names: Vec<&str> = plan.partitions.iter().map(|p| p.name.as_str()).collect();
         assert_eq!(
             names,
-            ["BootEFIA", "BootA", "RootFSA", "BootEFIB", "BootB", "RootFSB", "Unused", "Log", "Data"]
+            [
+                "BootEFIA", "BootA", "RootFSA", "BootEFIB", "BootB", "RootFSB", "Unused", "Log",
+                "Data"
+            ]
         );
         assert_eq!(plan.partitions[0].offset, 1 << 20);
         assert_eq!(plan.partitions[1].offset, 9 << 20);
@@ -512,14 +527,30 @@ partitions:
     fn layout_errors_name_the_line() {
         let cases: &[(&str, &str, &str)] = &[
             ("size: 8MiB, filesystem: vfat", "size: 0, filesystem: vfat", "has size 0"),
-            ("size: 8MiB, filesystem: vfat", "size: 8000000, filesystem: vfat", "not a multiple of 1MiB"),
+            (
+                "size: 8MiB, filesystem: vfat",
+                "size: 8000000, filesystem: vfat",
+                "not a multiple of 1MiB",
+            ),
             ("name: Log,", "name: Data,", "is used twice"),
             ("name: 'Boot{SLOT}'", "name: 'Boot'", "has no {SLOT}"),
             ("name: Unused,", "name: 'Unused{SLOT}',", "is not per_slot"),
             ("type: root,", "type: rooot,", "unknown partition type 'rooot'"),
-            ("name: Data, type: linux, size: 2GiB", "name: Data, type: linux, size: 2GiB, offset: 1GiB", "overlaps partition 'Log'"),
-            ("name: Data, type: linux, size: 2GiB", "name: Data, type: linux, size: 2GiB, filesystem: ext4", "not supported yet"),
-            ("name: Unused, type: linux, size: 4GiB", "name: Unused, type: linux, size: 4GiB, contents: x", "no filesystem"),
+            (
+                "name: Data, type: linux, size: 2GiB",
+                "name: Data, type: linux, size: 2GiB, offset: 1GiB",
+                "overlaps partition 'Log'",
+            ),
+            (
+                "name: Data, type: linux, size: 2GiB",
+                "name: Data, type: linux, size: 2GiB, filesystem: ext4",
+                "not supported yet",
+            ),
+            (
+                "name: Unused, type: linux, size: 4GiB",
+                "name: Unused, type: linux, size: 4GiB, contents: x",
+                "no filesystem",
+            ),
         ];
         for (from, to, expected) in cases {
             let text = EFLOW.replacen(from, to, 1);
@@ -540,14 +571,19 @@ partitions:
     fn too_many_partitions_are_caught() {
         let mut text = String::from("name: x\nversion: '1'\nseed: s\npartitions:\n");
         for i in 0..65 {
-            text.push_str(&format!("  - {{ name: 'P{i}{{SLOT}}', per_slot: true, type: linux, size: 1MiB }}\n"));
+            text.push_str(&format!(
+                "  - {{ name: 'P{i}{{SLOT}}', per_slot: true, type: linux, size: 1MiB }}\n"
+            ));
         }
         assert!(first_error(&text).contains("at most 128"));
     }
 
     #[test]
     fn type_names_and_guids() {
-        assert_eq!(partition_type("esp").unwrap().to_string(), "c12a7328-f81f-11d2-ba4b-00a0c93ec93b");
+        assert_eq!(
+            partition_type("esp").unwrap().to_string(),
+            "c12a7328-f81f-11d2-ba4b-00a0c93ec93b"
+        );
         let raw = "0fc63daf-8483-4772-8e79-3d69d8477de4";
         assert_eq!(partition_type(raw).unwrap().to_string(), raw);
         assert_eq!(partition_type_name(partition_type("var").unwrap()), Some("var"));

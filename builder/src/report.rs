@@ -5,7 +5,7 @@
 use serde::Serialize;
 
 use crate::manifest::ImageFormat;
-use crate::plan::{partition_type_name, Plan};
+use crate::plan::{Plan, partition_type_name};
 
 /// Bumped when a field changes meaning.
 pub const REPORT_VERSION: u32 = 1;

@@ -4,8 +4,8 @@
 //! Each area keeps its tests in `tests/tests/<area>.rs` and any helpers of its own
 //! in `src/<area>.rs`.
 
-pub mod kernels;
 pub mod gpt_fat;
+pub mod kernels;
 pub mod vhdx;
 
 use std::ffi::OsStr;

@@ -5,12 +5,20 @@ use std::fs;
 use std::path::Path;
 use std::process::Command;
 
-use abforge_tests::layout::{allocated_bytes, bootx64_bytes, extract, write_eflow_project, EFLOW_RAW};
+use abforge_tests::layout::{
+    EFLOW_RAW, allocated_bytes, bootx64_bytes, extract, write_eflow_project,
+};
 use abforge_tests::{abforge, run, run_ok, run_tool, scratch, tool};
 use serde_json::Value;
 
 fn build(manifest: &Path, out: &Path) -> Value {
-    run_ok(&mut abforge(["build".as_ref(), manifest.as_os_str(), "-o".as_ref(), out.as_os_str(), "--quiet".as_ref()]));
+    run_ok(&mut abforge([
+        "build".as_ref(),
+        manifest.as_os_str(),
+        "-o".as_ref(),
+        out.as_os_str(),
+        "--quiet".as_ref(),
+    ]));
     let report = fs::read_to_string(out.join("eflow.json")).unwrap();
     serde_json::from_str(&report).unwrap()
 }
@@ -82,7 +90,10 @@ fn eflow_gpt_is_exactly_as_planned() {
 }
 
 #[test]
-#[cfg_attr(not(any(ci, all(have_fsck_vfat, have_mdir, have_mcopy))), ignore = "needs fsck.vfat (dosfstools) and mdir/mcopy (mtools)")]
+#[cfg_attr(
+    not(any(ci, all(have_fsck_vfat, have_mdir, have_mcopy))),
+    ignore = "needs fsck.vfat (dosfstools) and mdir/mcopy (mtools)"
+)]
 fn eflow_esps_pass_fsck_and_list_their_files() {
     let dir = scratch();
     let manifest = write_eflow_project(dir.path(), EFLOW_RAW);
@@ -115,7 +126,11 @@ fn inspect_json_agrees_with_the_build_report() {
     let manifest = write_eflow_project(dir.path(), EFLOW_RAW);
     let out = dir.path().join("out");
     let report = build(&manifest, &out);
-    let inspected = run_ok(&mut abforge(["inspect".as_ref(), out.join("eflow.raw").as_os_str(), "--json".as_ref()]));
+    let inspected = run_ok(&mut abforge([
+        "inspect".as_ref(),
+        out.join("eflow.raw").as_os_str(),
+        "--json".as_ref(),
+    ]));
     let inspected: Value = serde_json::from_slice(&inspected.stdout).unwrap();
     assert_eq!(inspected["disk_guid"], report["disk_guid"]);
     assert_eq!(inspected["virtual_size"], report["image"]["virtual_size"]);
@@ -168,14 +183,20 @@ fn two_builds_in_different_places_times_and_umasks_are_identical() {
         abforge_tests::sha256_file(&out1.join("eflow.raw")),
         abforge_tests::sha256_file(&out2.join("eflow.raw"))
     );
-    assert_eq!(fs::read(out1.join("eflow.json")).unwrap(), fs::read(out2.join("eflow.json")).unwrap());
+    assert_eq!(
+        fs::read(out1.join("eflow.json")).unwrap(),
+        fs::read(out2.join("eflow.json")).unwrap()
+    );
 }
 
 #[test]
 fn a_2tib_data_partition_costs_no_space() {
     let dir = scratch();
     let small = write_eflow_project(&dir.path().join("small"), EFLOW_RAW);
-    let big = write_eflow_project(&dir.path().join("big"), &EFLOW_RAW.replace("size: 2GiB", "size: 2TiB"));
+    let big = write_eflow_project(
+        &dir.path().join("big"),
+        &EFLOW_RAW.replace("size: 2GiB", "size: 2TiB"),
+    );
     let started = std::time::Instant::now();
     let small_report = build(&small, &dir.path().join("small/out"));
     let small_time = started.elapsed();
@@ -185,13 +206,19 @@ fn a_2tib_data_partition_costs_no_space() {
     eprintln!("build time: Data 2GiB {small_time:?}, Data 2TiB {big_time:?}");
     let small_image = dir.path().join("small/out/eflow.raw");
     let big_image = dir.path().join("big/out/eflow.raw");
-    assert_eq!(fs::metadata(&big_image).unwrap().len(), big_report["image"]["virtual_size"].as_u64().unwrap());
+    assert_eq!(
+        fs::metadata(&big_image).unwrap().len(),
+        big_report["image"]["virtual_size"].as_u64().unwrap()
+    );
     assert!(fs::metadata(&big_image).unwrap().len() > 2 << 40);
     // The same data is stored either way: the size only moves the backup GPT.
     assert_eq!(small_report["image"]["stored_bytes"], big_report["image"]["stored_bytes"]);
     let (small_du, big_du) = (allocated_bytes(&small_image), allocated_bytes(&big_image));
     eprintln!("allocated: Data 2GiB {small_du} bytes, Data 2TiB {big_du} bytes");
-    assert!(big_du <= small_du + 64 * 1024, "2 TiB image takes {big_du} bytes, 2 GiB one {small_du}");
+    assert!(
+        big_du <= small_du + 64 * 1024,
+        "2 TiB image takes {big_du} bytes, 2 GiB one {small_du}"
+    );
     assert!(big_du < 8 * MIB, "the 2 TiB image takes {big_du} bytes on disk");
 }
 
@@ -205,25 +232,139 @@ struct Bad {
 }
 
 const BAD: &[Bad] = &[
-    Bad { what: "unknown key", from: "format: raw\n", to: "format: raw\ncolour: blue\n", expect: &["unknown field 'colour'"], line: Some(6) },
-    Bad { what: "unknown partition key", from: "    size: 8MiB\n", to: "    size: 8MiB\n    sise: 9MiB\n", expect: &["unknown field 'sise'"], line: Some(11) },
-    Bad { what: "wrong type", from: "source_date_epoch: 1700000000", to: "source_date_epoch: yesterday", expect: &["expected a whole number for 'source_date_epoch'"], line: Some(4) },
-    Bad { what: "bad size unit", from: "size: 8MiB", to: "size: 8 megs", expect: &["'8 megs' is not a size"], line: Some(10) },
-    Bad { what: "zero size", from: "size: 192MiB", to: "size: 0", expect: &["has size 0"], line: Some(13) },
-    Bad { what: "misaligned size", from: "size: 192MiB", to: "size: 192MB", expect: &["not a multiple of 1MiB"], line: Some(13) },
-    Bad { what: "duplicate name", from: "name: Log,", to: "name: Data,", expect: &["'Data' is used twice"], line: Some(17) },
-    Bad { what: "per-slot name without {SLOT}", from: "name: 'Boot{SLOT}',", to: "name: 'Boot',", expect: &["per_slot", "{SLOT}"], line: Some(13) },
-    Bad { what: "unknown type", from: "type: root,", to: "type: rootfs,", expect: &["unknown partition type 'rootfs'"], line: Some(14) },
-    Bad { what: "overlap", from: "name: Data, type: linux,", to: "name: Data, offset: 9GiB, type: linux,", expect: &["overlaps partition 'Log'"], line: Some(17) },
-    Bad { what: "does not fit", from: "format: raw\n", to: "format: raw\ndisk_size: 15GiB\n", expect: &["does not fit"], line: Some(6) },
-    Bad { what: "misaligned offset", from: "name: Data, type: linux,", to: "name: Data, offset: 12345, type: linux,", expect: &["offset 12345 is not a multiple of 1MiB"], line: Some(17) },
-    Bad { what: "missing contents", from: "contents: esp/", to: "contents: no-such-dir/", expect: &["no-such-dir", "does not exist"], line: Some(12) },
-    Bad { what: "ext4 not yet", from: "name: Log, type: linux, size: 1GiB }", to: "name: Log, type: linux, size: 1GiB, filesystem: ext4 }", expect: &["ext4 is not supported yet"], line: Some(16) },
-    Bad { what: "contents without a file system", from: "name: Unused, type: linux, size: 4GiB }", to: "name: Unused, type: linux, size: 4GiB, contents: esp/ }", expect: &["no filesystem"], line: Some(15) },
-    Bad { what: "unknown format", from: "format: raw", to: "format: qcow2", expect: &["qcow2"], line: Some(5) },
-    Bad { what: "bad image name", from: "name: eflow", to: "name: EFLOW image", expect: &["lower-case"], line: Some(1) },
-    Bad { what: "file system too small", from: "    size: 8MiB\n", to: "    size: 1MiB\n", expect: &["too small", "BootEFIA"], line: Some(10) },
-    Bad { what: "YAML syntax", from: "partitions:\n", to: "partitions: [\n", expect: &[], line: Some(8) },
+    Bad {
+        what: "unknown key",
+        from: "format: raw\n",
+        to: "format: raw\ncolour: blue\n",
+        expect: &["unknown field 'colour'"],
+        line: Some(6),
+    },
+    Bad {
+        what: "unknown partition key",
+        from: "    size: 8MiB\n",
+        to: "    size: 8MiB\n    sise: 9MiB\n",
+        expect: &["unknown field 'sise'"],
+        line: Some(11),
+    },
+    Bad {
+        what: "wrong type",
+        from: "source_date_epoch: 1700000000",
+        to: "source_date_epoch: yesterday",
+        expect: &["expected a whole number for 'source_date_epoch'"],
+        line: Some(4),
+    },
+    Bad {
+        what: "bad size unit",
+        from: "size: 8MiB",
+        to: "size: 8 megs",
+        expect: &["'8 megs' is not a size"],
+        line: Some(10),
+    },
+    Bad {
+        what: "zero size",
+        from: "size: 192MiB",
+        to: "size: 0",
+        expect: &["has size 0"],
+        line: Some(13),
+    },
+    Bad {
+        what: "misaligned size",
+        from: "size: 192MiB",
+        to: "size: 192MB",
+        expect: &["not a multiple of 1MiB"],
+        line: Some(13),
+    },
+    Bad {
+        what: "duplicate name",
+        from: "name: Log,",
+        to: "name: Data,",
+        expect: &["'Data' is used twice"],
+        line: Some(17),
+    },
+    Bad {
+        what: "per-slot name without {SLOT}",
+        from: "name: 'Boot{SLOT}',",
+        to: "name: 'Boot',",
+        expect: &["per_slot", "{SLOT}"],
+        line: Some(13),
+    },
+    Bad {
+        what: "unknown type",
+        from: "type: root,",
+        to: "type: rootfs,",
+        expect: &["unknown partition type 'rootfs'"],
+        line: Some(14),
+    },
+    Bad {
+        what: "overlap",
+        from: "name: Data, type: linux,",
+        to: "name: Data, offset: 9GiB, type: linux,",
+        expect: &["overlaps partition 'Log'"],
+        line: Some(17),
+    },
+    Bad {
+        what: "does not fit",
+        from: "format: raw\n",
+        to: "format: raw\ndisk_size: 15GiB\n",
+        expect: &["does not fit"],
+        line: Some(6),
+    },
+    Bad {
+        what: "misaligned offset",
+        from: "name: Data, type: linux,",
+        to: "name: Data, offset: 12345, type: linux,",
+        expect: &["offset 12345 is not a multiple of 1MiB"],
+        line: Some(17),
+    },
+    Bad {
+        what: "missing contents",
+        from: "contents: esp/",
+        to: "contents: no-such-dir/",
+        expect: &["no-such-dir", "does not exist"],
+        line: Some(12),
+    },
+    Bad {
+        what: "ext4 not yet",
+        from: "name: Log, type: linux, size: 1GiB }",
+        to: "name: Log, type: linux, size: 1GiB, filesystem: ext4 }",
+        expect: &["ext4 is not supported yet"],
+        line: Some(16),
+    },
+    Bad {
+        what: "contents without a file system",
+        from: "name: Unused, type: linux, size: 4GiB }",
+        to: "name: Unused, type: linux, size: 4GiB, contents: esp/ }",
+        expect: &["no filesystem"],
+        line: Some(15),
+    },
+    Bad {
+        what: "unknown format",
+        from: "format: raw",
+        to: "format: qcow2",
+        expect: &["qcow2"],
+        line: Some(5),
+    },
+    Bad {
+        what: "bad image name",
+        from: "name: eflow",
+        to: "name: EFLOW image",
+        expect: &["lower-case"],
+        line: Some(1),
+    },
+    Bad {
+        what: "file system too small",
+        from: "    size: 8MiB\n",
+        to: "    size: 1MiB\n",
+        expect: &["too small", "BootEFIA"],
+        line: Some(10),
+    },
+    Bad {
+        what: "YAML syntax",
+        from: "partitions:\n",
+        to: "partitions: [\n",
+        expect: &[],
+        line: Some(8),
+    },
 ];
 
 #[test]
@@ -241,7 +382,13 @@ fn bad_manifests_exit_2_name_the_line_and_write_nothing() {
             }
             let result = run(&mut abforge(args));
             let stderr = String::from_utf8_lossy(&result.stderr);
-            assert_eq!(result.status.code(), Some(2), "{} ({verb}): status {:?}, stderr:\n{stderr}", bad.what, result.status);
+            assert_eq!(
+                result.status.code(),
+                Some(2),
+                "{} ({verb}): status {:?}, stderr:\n{stderr}",
+                bad.what,
+                result.status
+            );
             for word in bad.expect {
                 assert!(stderr.contains(word), "{} ({verb}): '{word}' not in:\n{stderr}", bad.what);
             }
@@ -250,7 +397,9 @@ fn bad_manifests_exit_2_name_the_line_and_write_nothing() {
                 assert!(stderr.contains(&at), "{} ({verb}): '{at}' not in:\n{stderr}", bad.what);
             }
             assert!(!stderr.contains("panicked"), "{}: {stderr}", bad.what);
-            let written: Vec<_> = fs::read_dir(&out).map(|d| d.flatten().map(|e| e.file_name()).collect()).unwrap_or_default();
+            let written: Vec<_> = fs::read_dir(&out)
+                .map(|d| d.flatten().map(|e| e.file_name()).collect())
+                .unwrap_or_default();
             assert!(written.is_empty(), "{} ({verb}): wrote {written:?}", bad.what);
         }
     }

@@ -242,7 +242,18 @@ done
 
 #[test]
 #[cfg_attr(
-    not(any(ci, all(is_root, have_sshd, have_iptables_restore, have_ip6tables_restore, have_ip, have_unshare, have_nsenter))),
+    not(any(
+        ci,
+        all(
+            is_root,
+            have_sshd,
+            have_iptables_restore,
+            have_ip6tables_restore,
+            have_ip,
+            have_unshare,
+            have_nsenter
+        )
+    )),
     ignore = "needs root, sshd (openssh-server), iptables-restore (iptables), ip (iproute2), unshare and nsenter (util-linux)"
 )]
 fn the_fourth_ssh_connection_within_a_minute_is_dropped() {

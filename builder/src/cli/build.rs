@@ -8,9 +8,9 @@ use anyhow::Context as _;
 
 use crate::build::build;
 use crate::error::UsageError;
-use crate::inputs::{load_inputs, Inputs};
+use crate::inputs::{Inputs, load_inputs};
 use crate::manifest::{self, ImageFormat, ManifestError, Size};
-use crate::plan::{plan, Overrides, Plan};
+use crate::plan::{Overrides, Plan, plan};
 
 /// Build the disk image a manifest describes.
 #[derive(Debug, clap::Args)]
@@ -93,7 +93,12 @@ pub fn run_build(args: BuildArgs) -> anyhow::Result<ExitCode> {
 pub fn run_validate(args: ValidateArgs) -> anyhow::Result<ExitCode> {
     let overrides = Overrides { source_date_epoch: env_source_date_epoch()?, format: None };
     let (plan, _) = prepare(&args.manifest, &overrides)?;
-    println!("{}: valid; {} partitions on a {} disk", args.manifest.display(), plan.partitions.len(), Size(plan.disk_size));
+    println!(
+        "{}: valid; {} partitions on a {} disk",
+        args.manifest.display(),
+        plan.partitions.len(),
+        Size(plan.disk_size)
+    );
     for p in &plan.partitions {
         println!(
             "  {:>3}  {:<12} {:>10}  at {:>10}  {:<5} {}",

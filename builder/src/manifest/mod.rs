@@ -204,7 +204,8 @@ fn key_and_value_at(text: &str, line: u32, column: u32) -> Option<(String, Strin
     let chars: Vec<char> = line_text.chars().collect();
     let col = usize::try_from(column).ok()?.checked_sub(1)?.min(chars.len());
     let before: String = chars[..col].iter().collect();
-    let value: String = chars[col..].iter().take_while(|c| !matches!(c, ',' | '}' | ']' | '#')).collect();
+    let value: String =
+        chars[col..].iter().take_while(|c| !matches!(c, ',' | '}' | ']' | '#')).collect();
     // The key is the last `word:` before the value (block or flow mapping).
     let key_end = before.trim_end().strip_suffix(':')?;
     let key: String = key_end
@@ -221,7 +222,9 @@ fn key_and_value_at(text: &str, line: u32, column: u32) -> Option<(String, Strin
 /// serde-saphyr's terse type errors in words: "invalid i64" → "expected a whole number".
 fn readable_type_error(message: &str) -> String {
     match message {
-        "invalid i64" | "invalid u64" | "invalid u32" | "invalid i32" => "expected a whole number".to_string(),
+        "invalid i64" | "invalid u64" | "invalid u32" | "invalid i32" => {
+            "expected a whole number".to_string()
+        }
         "invalid bool" => "expected true or false".to_string(),
         other => other.to_string(),
     }
@@ -284,7 +287,10 @@ mod tests {
     fn type_errors_name_the_key_and_value() {
         let text = MINIMAL.replace("seed: s\n", "seed: s\nsource_date_epoch: yesterday\n");
         let err = parse_text(&text).unwrap_err().to_string();
-        assert_eq!(err, "m.yaml:4:20: expected a whole number for 'source_date_epoch' (found 'yesterday')");
+        assert_eq!(
+            err,
+            "m.yaml:4:20: expected a whole number for 'source_date_epoch' (found 'yesterday')"
+        );
         let text = MINIMAL.replace("filesystem: vfat", "filesystem: vfat, read_only: maybe");
         let err = parse_text(&text).unwrap_err().to_string();
         assert!(err.contains("'read_only' (found 'maybe')"), "{err}");

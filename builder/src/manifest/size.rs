@@ -4,8 +4,8 @@
 use std::fmt;
 use std::str::FromStr;
 
-use serde::de::{self, Deserializer, Visitor};
 use serde::Deserialize;
+use serde::de::{self, Deserializer, Visitor};
 
 /// A size in bytes.
 #[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Debug)]
@@ -28,7 +28,9 @@ const UNITS: &[(&str, u64)] = &[
 
 /// Why a size did not parse; the message is shown to the user as is.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error("'{text}' is not a size: {reason} (write e.g. 512, 8MiB, 4GiB or 2TiB; MB and GB are powers of ten)")]
+#[error(
+    "'{text}' is not a size: {reason} (write e.g. 512, 8MiB, 4GiB or 2TiB; MB and GB are powers of ten)"
+)]
 pub struct ParseSizeError {
     pub text: String,
     pub reason: &'static str,
@@ -50,11 +52,9 @@ impl FromStr for Size {
         let multiplier = if unit.is_empty() {
             1
         } else {
-            UNITS
-                .iter()
-                .find(|(name, _)| *name == unit)
-                .map(|(_, m)| *m)
-                .ok_or_else(|| err("the unit is not one of B, KiB, MiB, GiB, TiB, kB, MB, GB, TB"))?
+            UNITS.iter().find(|(name, _)| *name == unit).map(|(_, m)| *m).ok_or_else(|| {
+                err("the unit is not one of B, KiB, MiB, GiB, TiB, kB, MB, GB, TB")
+            })?
         };
         number.checked_mul(multiplier).map(Size).ok_or_else(|| err("it is too large"))
     }
@@ -63,7 +63,9 @@ impl FromStr for Size {
 impl fmt::Display for Size {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let bytes = self.0;
-        for (name, unit) in [("TiB", 1u64 << 40), ("GiB", 1 << 30), ("MiB", 1 << 20), ("KiB", 1 << 10)] {
+        for (name, unit) in
+            [("TiB", 1u64 << 40), ("GiB", 1 << 30), ("MiB", 1 << 20), ("KiB", 1 << 10)]
+        {
             if bytes >= unit && bytes % unit == 0 {
                 return write!(f, "{}{name}", bytes / unit);
             }
@@ -92,7 +94,9 @@ impl Visitor<'_> for SizeVisitor {
     }
 
     fn visit_i64<E: de::Error>(self, v: i64) -> Result<Size, E> {
-        u64::try_from(v).map(Size).map_err(|_| E::custom(format!("a size cannot be negative ({v})")))
+        u64::try_from(v)
+            .map(Size)
+            .map_err(|_| E::custom(format!("a size cannot be negative ({v})")))
     }
 
     fn visit_str<E: de::Error>(self, v: &str) -> Result<Size, E> {
