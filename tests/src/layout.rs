@@ -62,3 +62,42 @@ pub fn allocated_bytes(path: &Path) -> u64 {
     use std::os::unix::fs::MetadataExt;
     fs::metadata(path).unwrap().blocks() * 512
 }
+
+/// The non-zero 4 KiB blocks of a (sparse) file as (offset, bytes), found by
+/// skipping holes with SEEK_DATA/SEEK_HOLE, so comparing two 16 GiB sparse
+/// images reads only their data.
+pub fn nonzero_blocks(path: &Path) -> Vec<(u64, Vec<u8>)> {
+    use rustix::fs::{SeekFrom, seek};
+    use std::os::unix::fs::FileExt;
+    let file = fs::File::open(path).unwrap();
+    let len = file.metadata().unwrap().len();
+    let mut blocks = Vec::new();
+    let mut offset = 0u64;
+    while offset < len {
+        let start = match seek(&file, SeekFrom::Data(offset)) {
+            Ok(start) => start,
+            Err(rustix::io::Errno::NXIO) => break,
+            Err(e) => panic!("SEEK_DATA on {}: {e}", path.display()),
+        };
+        let end = seek(&file, SeekFrom::Hole(start)).unwrap_or(len).min(len);
+        let mut block_start = start / 4096 * 4096;
+        while block_start < end {
+            let n = 4096.min(len - block_start) as usize;
+            let mut buf = vec![0u8; n];
+            file.read_exact_at(&mut buf, block_start).unwrap();
+            if buf.iter().any(|&b| b != 0) {
+                blocks.push((block_start, buf));
+            }
+            block_start += 4096;
+        }
+        offset = end.max(start + 1);
+    }
+    blocks.dedup_by_key(|(o, _)| *o);
+    blocks
+}
+
+/// Whether two sparse files have the same length and the same bytes.
+pub fn same_sparse_content(a: &Path, b: &Path) -> bool {
+    fs::metadata(a).unwrap().len() == fs::metadata(b).unwrap().len()
+        && nonzero_blocks(a) == nonzero_blocks(b)
+}
