@@ -82,7 +82,7 @@ pub fn nonzero_blocks(path: &Path) -> Vec<(u64, Vec<u8>)> {
         let end = seek(&file, SeekFrom::Hole(start)).unwrap_or(len).min(len);
         let mut block_start = start / 4096 * 4096;
         while block_start < end {
-            let n = 4096.min(len - block_start) as usize;
+            let n = usize::try_from(4096.min(len - block_start)).expect("at most 4096");
             let mut buf = vec![0u8; n];
             file.read_exact_at(&mut buf, block_start).unwrap();
             if buf.iter().any(|&b| b != 0) {
