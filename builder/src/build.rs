@@ -3,9 +3,11 @@
 //! temporary name and renamed when complete, so a failed build leaves nothing
 //! under a final name.
 
+use std::collections::BTreeMap;
 use std::fs::{self, File};
 use std::io;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 use abforge_partitions::FileRegion;
 use abforge_partitions::fat::{self, FatOptions};
@@ -16,7 +18,11 @@ use rayon::prelude::*;
 use sha2::{Digest, Sha256};
 
 use crate::container::source::file_data_ranges;
-use crate::container::{is_zero, write_atomically};
+use crate::container::vhd::{VhdOptions, vhd_timestamp};
+use crate::container::vhdx::VhdxOptions;
+use crate::container::{
+    ComposedDisk, ContainerFormat, Segment, is_zero, write_atomically, write_container,
+};
 use crate::inputs::Inputs;
 use crate::manifest::{FilesystemKind, ImageFormat};
 use crate::plan::{Plan, PlannedPartition};
@@ -56,7 +62,28 @@ pub fn build(plan: &Plan, inputs: &Inputs, out_dir: &Path) -> anyhow::Result<Bui
             let image_report = describe_image(file, &image_name, plan.disk_size, false)?;
             Ok((produced, image_report))
         })?,
-        ImageFormat::Vhdx => bail!("the vhdx format is not supported yet: use --format raw"),
+        ImageFormat::Vhdx | ImageFormat::Vhd => {
+            let staged = stage_partitions(plan, out_dir)?;
+            let produced = produce_partitions(plan, inputs, |p| {
+                let file = &staged[&p.index];
+                FileRegion::new(file.as_ref(), 0, p.size)
+            })?;
+            let disk = compose_disk(plan, &staged)?;
+            let whole_file_digest = plan.format == ImageFormat::Vhdx;
+            write_atomically(&image, |file| {
+                write_container(
+                    container_format(plan.format),
+                    &disk,
+                    file,
+                    &vhdx_options(plan),
+                    &vhd_options(plan),
+                )
+                .with_context(|| format!("writing {}", image.display()))?;
+                let image_report =
+                    describe_image(file, &image_name, plan.disk_size, whole_file_digest)?;
+                Ok((produced, image_report))
+            })?
+        }
     };
 
     let mut report = Report::from_plan(plan, image_report);
@@ -122,6 +149,71 @@ fn produce(
             Ok(Produced { label: Some(label), fs_id: Some(format!("{volume_id:08x}")) })
         }
         FilesystemKind::Ext4 => bail!("ext4 is not supported yet"),
+    }
+}
+
+/// One unlinked, sparse scratch file per partition, in the output directory (so
+/// no data crosses file systems and nothing is left behind if the build dies).
+/// Holes cost nothing: a 2 TiB partition file holds only what is written to it.
+fn stage_partitions(plan: &Plan, out_dir: &Path) -> anyhow::Result<BTreeMap<u32, Arc<File>>> {
+    let mut staged = BTreeMap::new();
+    for partition in &plan.partitions {
+        let file = tempfile::tempfile_in(out_dir)
+            .with_context(|| format!("cannot create a scratch file in {}", out_dir.display()))?;
+        file.set_len(partition.size).with_context(|| {
+            format!("cannot size the scratch file of partition '{}'", partition.name)
+        })?;
+        staged.insert(partition.index, Arc::new(file));
+    }
+    Ok(staged)
+}
+
+/// The whole disk as the container writers see it: the GPT from memory, the
+/// partitions from their scratch files, zeros everywhere else.
+fn compose_disk(plan: &Plan, staged: &BTreeMap<u32, Arc<File>>) -> anyhow::Result<ComposedDisk> {
+    let layout = gpt_layout(plan);
+    let mut segments =
+        vec![Segment::bytes(0, layout.primary_bytes().context("building the partition table")?)];
+    for partition in &plan.partitions {
+        if partition.filesystem != FilesystemKind::None {
+            segments.push(Segment::file(
+                partition.offset,
+                partition.size,
+                Arc::clone(&staged[&partition.index]),
+                0,
+            ));
+        }
+    }
+    segments.push(Segment::bytes(
+        layout.backup_offset(),
+        layout.backup_bytes().context("building the backup partition table")?,
+    ));
+    ComposedDisk::new(plan.disk_size, segments)
+}
+
+fn container_format(format: ImageFormat) -> ContainerFormat {
+    match format {
+        ImageFormat::Vhdx => ContainerFormat::Vhdx,
+        ImageFormat::Vhd => ContainerFormat::Vhd,
+        ImageFormat::Raw => ContainerFormat::Raw,
+    }
+}
+
+/// VHDX identities from the seed: the same manifest gives the same file.
+fn vhdx_options(plan: &Plan) -> VhdxOptions {
+    let mut options = VhdxOptions::new(
+        plan.seed.derive_guid("vhdx-page83", &plan.name),
+        plan.seed.derive_guid("vhdx-file-write", &plan.name),
+        plan.seed.derive_guid("vhdx-data-write", &plan.name),
+    );
+    options.block_size = plan.vhdx_block_size;
+    options
+}
+
+fn vhd_options(plan: &Plan) -> VhdOptions {
+    VhdOptions {
+        unique_id: plan.seed.derive_guid("vhd-unique-id", &plan.name),
+        timestamp: vhd_timestamp(u64::try_from(plan.source_date_epoch).unwrap_or(0)),
     }
 }
 

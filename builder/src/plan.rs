@@ -95,6 +95,8 @@ pub struct Plan {
     pub slots: Vec<String>,
     pub disk_size: u64,
     pub disk_guid: Guid,
+    /// VHDX payload block size in bytes.
+    pub vhdx_block_size: u32,
     /// The root source, resolved against the manifest's directory.
     pub rootfs: Option<(PathBuf, SourceLocation)>,
     pub partitions: Vec<PlannedPartition>,
@@ -158,6 +160,14 @@ pub fn plan(
     let format =
         overrides.format.or(manifest.format.as_ref().map(|f| f.value)).unwrap_or(ImageFormat::Vhdx);
 
+    let vhdx_block_size = match manifest.vhdx.as_ref().and_then(|v| v.block_size.as_ref()) {
+        None => crate::container::vhdx::DEFAULT_BLOCK_SIZE,
+        Some(size) => crate::container::vhdx::writer::check_block_size(size.value.0)
+            .unwrap_or_else(|reason| {
+                check.at(size, format!("vhdx block_size: {reason}"));
+                crate::container::vhdx::DEFAULT_BLOCK_SIZE
+            }),
+    };
     let rootfs =
         manifest.rootfs.as_ref().map(|r| (base_dir.join(&r.source.value), check.loc(&r.source)));
 
@@ -366,6 +376,7 @@ pub fn plan(
         format,
         slots,
         disk_size,
+        vhdx_block_size,
         rootfs,
         partitions,
     })

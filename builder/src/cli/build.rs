@@ -41,16 +41,6 @@ pub struct ValidateArgs {
     pub manifest: PathBuf,
 }
 
-/// SOURCE_DATE_EPOCH from the environment, if set.
-fn env_source_date_epoch() -> anyhow::Result<Option<i64>> {
-    match std::env::var("SOURCE_DATE_EPOCH") {
-        Ok(text) if !text.is_empty() => text.trim().parse().map(Some).map_err(|_| {
-            UsageError::new(format!("SOURCE_DATE_EPOCH='{text}' is not a number of seconds")).into()
-        }),
-        _ => Ok(None),
-    }
-}
-
 fn manifest_errors(errors: Vec<ManifestError>) -> anyhow::Error {
     let text: Vec<String> = errors.iter().map(ToString::to_string).collect();
     UsageError::new(text.join("\nerror: ")).into()
@@ -68,7 +58,7 @@ pub fn prepare(manifest_path: &Path, overrides: &Overrides) -> anyhow::Result<(P
 pub fn run_build(args: BuildArgs) -> anyhow::Result<ExitCode> {
     let started = Instant::now();
     let overrides = Overrides {
-        source_date_epoch: args.source_date_epoch.or(env_source_date_epoch()?),
+        source_date_epoch: args.source_date_epoch.or(super::source_date_epoch_from_env()?),
         format: args.format,
     };
     let (plan, inputs) = prepare(&args.manifest, &overrides)?;
@@ -91,7 +81,8 @@ pub fn run_build(args: BuildArgs) -> anyhow::Result<ExitCode> {
 }
 
 pub fn run_validate(args: ValidateArgs) -> anyhow::Result<ExitCode> {
-    let overrides = Overrides { source_date_epoch: env_source_date_epoch()?, format: None };
+    let overrides =
+        Overrides { source_date_epoch: super::source_date_epoch_from_env()?, format: None };
     let (plan, _) = prepare(&args.manifest, &overrides)?;
     println!(
         "{}: valid; {} partitions on a {} disk",

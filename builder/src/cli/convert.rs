@@ -40,7 +40,10 @@ pub fn run(args: ConvertArgs) -> anyhow::Result<ExitCode> {
     let block_size = match (&args.block_size, args.format) {
         (None, _) => DEFAULT_BLOCK_SIZE,
         (Some(text), ContainerFormat::Vhdx) => {
-            let bytes = parse_size(text).map_err(UsageError::new)?;
+            let bytes = text
+                .parse::<crate::manifest::Size>()
+                .map_err(|e| UsageError::new(e.to_string()))?
+                .0;
             check_block_size(bytes).map_err(UsageError::new)?
         }
         (Some(_), format) => {
@@ -60,8 +63,12 @@ pub fn run(args: ConvertArgs) -> anyhow::Result<ExitCode> {
         data_write_guid: ids[2],
         dense: false,
     };
-    let vhd_options =
-        VhdOptions { unique_id: ids[3], timestamp: vhd_timestamp(source_date_epoch()?) };
+    let vhd_options = VhdOptions {
+        unique_id: ids[3],
+        timestamp: vhd_timestamp(
+            u64::try_from(super::source_date_epoch_from_env()?.unwrap_or(0)).unwrap_or(0),
+        ),
+    };
     write_atomically(&args.output, |out| {
         write_container(args.format, source.as_ref(), out, &vhdx_options, &vhd_options)
             .with_context(|| format!("cannot write {}", args.output.display()))
@@ -92,55 +99,4 @@ fn derive_ids(source: &dyn DiskSource) -> std::io::Result<[Guid; 4]> {
         bytes.copy_from_slice(&digest[..16]);
         Guid::from_rfc_bytes(bytes).with_v4_bits()
     }))
-}
-
-fn source_date_epoch() -> anyhow::Result<u64> {
-    match std::env::var("SOURCE_DATE_EPOCH") {
-        Ok(text) if !text.is_empty() => text.trim().parse().map_err(|_| {
-            UsageError::new(format!("SOURCE_DATE_EPOCH '{text}' is not a number of seconds")).into()
-        }),
-        _ => Ok(0),
-    }
-}
-
-/// Parses a SIZE: bytes, or a number with KiB/MiB/GiB/TiB (powers of two) or
-/// KB/MB/GB/TB (powers of ten).
-pub fn parse_size(text: &str) -> Result<u64, String> {
-    let text = text.trim();
-    let split = text.find(|c: char| !c.is_ascii_digit()).unwrap_or(text.len());
-    let (number, unit) = text.split_at(split);
-    let multiplier: u64 = match unit.trim() {
-        "" | "B" => 1,
-        "K" | "KiB" => 1 << 10,
-        "M" | "MiB" => 1 << 20,
-        "G" | "GiB" => 1 << 30,
-        "T" | "TiB" => 1 << 40,
-        "KB" => 1_000,
-        "MB" => 1_000_000,
-        "GB" => 1_000_000_000,
-        "TB" => 1_000_000_000_000,
-        _ => return Err(format!("'{text}' is not a size such as 512, 8MiB or 4GiB")),
-    };
-    number
-        .parse::<u64>()
-        .ok()
-        .and_then(|n| n.checked_mul(multiplier))
-        .ok_or_else(|| format!("'{text}' is not a size such as 512, 8MiB or 4GiB"))
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn sizes() {
-        assert_eq!(parse_size("512"), Ok(512));
-        assert_eq!(parse_size("8MiB"), Ok(8 << 20));
-        assert_eq!(parse_size("1M"), Ok(1 << 20));
-        assert_eq!(parse_size("2TiB"), Ok(2 << 40));
-        assert_eq!(parse_size("1MB"), Ok(1_000_000));
-        assert!(parse_size("MiB").is_err());
-        assert!(parse_size("8 parsecs").is_err());
-        assert!(parse_size("99999999999TiB").is_err());
-    }
 }

@@ -7,7 +7,7 @@ use clap::{Parser, Subcommand};
 pub mod build;
 pub mod inspect;
 
-use crate::error::{exit_code_for, report};
+use crate::error::{UsageError, exit_code_for, report};
 
 pub mod convert;
 pub mod verity;
@@ -56,5 +56,16 @@ fn run(command: Command) -> anyhow::Result<ExitCode> {
         Command::Inspect(args) => inspect::run_inspect(args),
         Command::Convert(args) => convert::run(args),
         Command::Verity(args) => verity::run(args),
+    }
+}
+
+/// SOURCE_DATE_EPOCH from the environment, if set; a value that is not a number
+/// of seconds is a usage error.
+pub(crate) fn source_date_epoch_from_env() -> anyhow::Result<Option<i64>> {
+    match std::env::var("SOURCE_DATE_EPOCH") {
+        Ok(text) if !text.is_empty() => text.trim().parse().map(Some).map_err(|_| {
+            UsageError::new(format!("SOURCE_DATE_EPOCH='{text}' is not a number of seconds")).into()
+        }),
+        _ => Ok(None),
     }
 }

@@ -54,7 +54,11 @@ impl std::error::Error for ManifestError {}
 #[derive(Clone, Copy, PartialEq, Eq, Debug, Deserialize, serde::Serialize, clap::ValueEnum)]
 #[serde(rename_all = "lowercase")]
 pub enum ImageFormat {
+    /// Dynamic VHDX (Hyper-V, EFLOW): zero blocks take no space.
     Vhdx,
+    /// Fixed VHD (Azure): the raw disk, rounded up to a whole MiB, plus a footer.
+    Vhd,
+    /// Sparse raw disk.
     Raw,
 }
 
@@ -62,9 +66,19 @@ impl ImageFormat {
     pub fn extension(self) -> &'static str {
         match self {
             ImageFormat::Vhdx => "vhdx",
+            ImageFormat::Vhd => "vhd",
             ImageFormat::Raw => "raw",
         }
     }
+}
+
+/// Options of the VHDX container.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct VhdxSpec {
+    /// Payload block size: a power of two from 1MiB to 256MiB (default 32MiB).
+    #[serde(default)]
+    pub block_size: Option<Spanned<Size>>,
 }
 
 /// The file system a partition is formatted with.
@@ -119,6 +133,8 @@ pub struct Manifest {
     /// Whole-disk size; derived from the partitions when absent.
     #[serde(default)]
     pub disk_size: Option<Spanned<Size>>,
+    #[serde(default)]
+    pub vhdx: Option<VhdxSpec>,
     #[serde(default)]
     pub rootfs: Option<RootfsSpec>,
     pub partitions: Spanned<Vec<PartitionSpec>>,
