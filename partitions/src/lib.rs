@@ -7,6 +7,7 @@
 pub mod guid;
 pub mod region;
 pub mod tree;
+pub mod ext4;
 
 pub use guid::Guid;
 pub use region::FileRegion;
