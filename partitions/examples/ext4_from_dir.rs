@@ -3,9 +3,11 @@
 //!
 //! Usage: cargo run --release -p abforge-partitions --example ext4_from_dir -- DIR IMAGE SIZE_MIB
 
-use abforge_partitions::ext4::{self, Ext4Options};
-use abforge_partitions::tree::{Content, ContentSource, FileTree, Metadata, Node, NodeId, NodeKind, Timestamp};
 use abforge_partitions::FileRegion;
+use abforge_partitions::ext4::{self, Ext4Options};
+use abforge_partitions::tree::{
+    Content, ContentSource, FileTree, Metadata, Node, NodeId, NodeKind, Timestamp,
+};
 use std::collections::{BTreeMap, HashMap};
 use std::fs::File;
 use std::io;
@@ -35,11 +37,17 @@ impl ContentSource for HostFile {
 
 fn meta(md: &std::fs::Metadata) -> Metadata {
     let mode = u16::try_from(md.mode() & 0o7777).unwrap_or(0);
-    let time = Timestamp { seconds: md.mtime(), nanoseconds: u32::try_from(md.mtime_nsec()).unwrap_or(0) };
+    let time =
+        Timestamp { seconds: md.mtime(), nanoseconds: u32::try_from(md.mtime_nsec()).unwrap_or(0) };
     Metadata::new(mode, md.uid(), md.gid(), time)
 }
 
-fn walk(tree: &mut FileTree, dir: NodeId, path: &Path, seen: &mut HashMap<(u64, u64), NodeId>) -> io::Result<()> {
+fn walk(
+    tree: &mut FileTree,
+    dir: NodeId,
+    path: &Path,
+    seen: &mut HashMap<(u64, u64), NodeId>,
+) -> io::Result<()> {
     for entry in std::fs::read_dir(path)? {
         let entry = entry?;
         let child = entry.path();
@@ -56,14 +64,21 @@ fn walk(tree: &mut FileTree, dir: NodeId, path: &Path, seen: &mut HashMap<(u64, 
         let kind = if ft.is_dir() {
             NodeKind::Directory(BTreeMap::new())
         } else if ft.is_file() {
-            NodeKind::File(Content::Source(Arc::new(HostFile { path: child.clone(), len: md.len() })))
+            NodeKind::File(Content::Source(Arc::new(HostFile {
+                path: child.clone(),
+                len: md.len(),
+            })))
         } else if ft.is_symlink() {
             NodeKind::Symlink(std::fs::read_link(&child)?.as_os_str().as_bytes().to_vec())
         } else if ft.is_char_device() || ft.is_block_device() {
             let rdev = md.rdev();
             let major = u32::try_from(((rdev >> 8) & 0xfff) | ((rdev >> 32) & !0xfff)).unwrap_or(0);
             let minor = u32::try_from((rdev & 0xff) | ((rdev >> 12) & !0xff)).unwrap_or(0);
-            if ft.is_char_device() { NodeKind::CharDevice { major, minor } } else { NodeKind::BlockDevice { major, minor } }
+            if ft.is_char_device() {
+                NodeKind::CharDevice { major, minor }
+            } else {
+                NodeKind::BlockDevice { major, minor }
+            }
         } else if ft.is_fifo() {
             NodeKind::Fifo
         } else {
@@ -94,8 +109,16 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let size = size_mib.parse::<u64>()? << 20;
     let file = File::options().read(true).write(true).create(true).truncate(true).open(image)?;
     file.set_len(size)?;
-    let opts = Ext4Options { label: "bench".into(), timestamp: Timestamp::from_seconds(1_700_000_000), ..Ext4Options::default() };
+    let opts = Ext4Options {
+        label: "bench".into(),
+        timestamp: Timestamp::from_seconds(1_700_000_000),
+        ..Ext4Options::default()
+    };
     let summary = ext4::write(&tree, &opts, FileRegion::new(&file, 0, size))?;
-    eprintln!("walk {:.3}s, total {:.3}s, {summary:?}", walked.as_secs_f64(), start.elapsed().as_secs_f64());
+    eprintln!(
+        "walk {:.3}s, total {:.3}s, {summary:?}",
+        walked.as_secs_f64(),
+        start.elapsed().as_secs_f64()
+    );
     Ok(())
 }

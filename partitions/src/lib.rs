@@ -4,10 +4,10 @@
 //! This crate reads no file named by a user: callers hand it byte sinks and
 //! file trees. `builder` is the only crate that opens manifest paths.
 
+pub mod ext4;
 pub mod guid;
 pub mod region;
 pub mod tree;
-pub mod ext4;
 
 pub use guid::Guid;
 pub use region::FileRegion;

@@ -3,7 +3,9 @@
 //! e2fsck, ext4-view and (as root) a read-only loop mount.
 
 use abforge_partitions::ext4::{self, Ext4Options, Ext4Summary};
-use abforge_partitions::tree::{Content, ContentSource, FileTree, Metadata, Node, NodeId, NodeKind, Timestamp};
+use abforge_partitions::tree::{
+    Content, ContentSource, FileTree, Metadata, Node, NodeId, NodeKind, Timestamp,
+};
 use abforge_partitions::{FileRegion, Guid};
 use std::collections::BTreeMap;
 use std::fs::File;
@@ -41,14 +43,15 @@ impl ContentSource for Pattern {
         self.len
     }
     fn read_at(&self, buf: &mut [u8], offset: u64) -> io::Result<usize> {
-        let n = buf.len().min(self.len.saturating_sub(offset) as usize);
+        let n =
+            buf.len().min(usize::try_from(self.len.saturating_sub(offset)).unwrap_or(usize::MAX));
         // Fill range by range so holes cost nothing.
         buf[..n].fill(0);
         let end = offset + n as u64;
         for r in &self.ranges {
             let (lo, hi) = (r.start.max(offset), r.end.min(end));
             for pos in lo..hi {
-                buf[(pos - offset) as usize] = self.byte_at(pos);
+                buf[usize::try_from(pos - offset).unwrap()] = self.byte_at(pos);
             }
         }
         Ok(n)
@@ -146,13 +149,25 @@ pub fn everything_tree() -> FileTree {
     tmp.meta.mtime = Timestamp { seconds: 1_600_000_000, nanoseconds: 999_999_999 };
     let tmp = tree.add(root, b"tmp", tmp).unwrap();
     let mut owned = file(b"big ids");
-    owned.meta = Metadata::new(0o600, 100_000, 200_000, Timestamp { seconds: 1_650_000_000, nanoseconds: 1 });
+    owned.meta = Metadata::new(
+        0o600,
+        100_000,
+        200_000,
+        Timestamp { seconds: 1_650_000_000, nanoseconds: 1 },
+    );
     tree.add(tmp, b"owned", owned).unwrap();
-    tree.add(root, b"fast-link", Node { meta: meta(0o777), kind: NodeKind::Symlink(b"etc/hosts".to_vec()) }).unwrap();
+    tree.add(
+        root,
+        b"fast-link",
+        Node { meta: meta(0o777), kind: NodeKind::Symlink(b"etc/hosts".to_vec()) },
+    )
+    .unwrap();
     let long_target = format!("/{}", "a-long-directory-name/".repeat(5)).into_bytes();
-    tree.add(root, b"slow-link", Node { meta: meta(0o777), kind: NodeKind::Symlink(long_target) }).unwrap();
+    tree.add(root, b"slow-link", Node { meta: meta(0o777), kind: NodeKind::Symlink(long_target) })
+        .unwrap();
     let exactly_60 = vec![b'x'; 60];
-    tree.add(root, b"link-60", Node { meta: meta(0o777), kind: NodeKind::Symlink(exactly_60) }).unwrap();
+    tree.add(root, b"link-60", Node { meta: meta(0o777), kind: NodeKind::Symlink(exactly_60) })
+        .unwrap();
     let dev = tree.add(root, b"dev", dir(0o755)).unwrap();
     let devices = [
         (b"null".as_slice(), NodeKind::CharDevice { major: 1, minor: 3 }),
@@ -171,29 +186,74 @@ pub fn everything_tree() -> FileTree {
     attrs.meta.xattrs.insert(b"user.small".to_vec(), b"v".to_vec());
     attrs.meta.xattrs.insert(b"user.big".to_vec(), vec![b'B'; 3000]);
     attrs.meta.xattrs.insert(b"trusted.t".to_vec(), b"trusted value".to_vec());
-    attrs.meta.xattrs.insert(b"security.selinux".to_vec(), b"system_u:object_r:etc_t:s0\0".to_vec());
+    attrs
+        .meta
+        .xattrs
+        .insert(b"security.selinux".to_vec(), b"system_u:object_r:etc_t:s0\0".to_vec());
     attrs.meta.xattrs.insert(
         b"system.posix_acl_access".to_vec(),
-        vfs_acl(&[(1, 6, u32::MAX), (2, 4, 1000), (4, 4, u32::MAX), (0x10, 4, u32::MAX), (0x20, 0, u32::MAX)]),
+        vfs_acl(&[
+            (1, 6, u32::MAX),
+            (2, 4, 1000),
+            (4, 4, u32::MAX),
+            (0x10, 4, u32::MAX),
+            (0x20, 0, u32::MAX),
+        ]),
     );
     tree.add(root, b"xattrs", attrs).unwrap();
     let mut acl_dir = dir(0o755);
     acl_dir.meta.xattrs.insert(
         b"system.posix_acl_default".to_vec(),
-        vfs_acl(&[(1, 7, u32::MAX), (4, 5, u32::MAX), (8, 5, 2000), (0x10, 5, u32::MAX), (0x20, 5, u32::MAX)]),
+        vfs_acl(&[
+            (1, 7, u32::MAX),
+            (4, 5, u32::MAX),
+            (8, 5, 2000),
+            (0x10, 5, u32::MAX),
+            (0x20, 5, u32::MAX),
+        ]),
     );
     tree.add(root, b"acl-dir", acl_dir).unwrap();
     // Holes: data, a hole, data; and a file whose advertised data is mostly zeros.
     let mib = 1 << 20;
-    tree.add(root, b"sparse", pattern_file(Pattern { len: 3 * mib + 5, ranges: vec![0..mib, 2 * mib..3 * mib + 5], seed: 1, dense: false })).unwrap();
-    tree.add(root, b"zeros-inside", pattern_file(Pattern { len: 2 * mib, ranges: vec![4096..8192, mib..mib + 100], seed: 2, dense: true })).unwrap();
+    tree.add(
+        root,
+        b"sparse",
+        pattern_file(Pattern {
+            len: 3 * mib + 5,
+            ranges: vec![0..mib, 2 * mib..3 * mib + 5],
+            seed: 1,
+            dense: false,
+        }),
+    )
+    .unwrap();
+    tree.add(
+        root,
+        b"zeros-inside",
+        pattern_file(Pattern {
+            len: 2 * mib,
+            ranges: vec![4096..8192, mib..mib + 100],
+            seed: 2,
+            dense: true,
+        }),
+    )
+    .unwrap();
     // 700 fragments: an extent tree of depth 1.
     let fragments: Vec<Range<u64>> = (0..700u64).map(|i| i * 8192..i * 8192 + 4096).collect();
-    tree.add(root, b"fragmented", pattern_file(Pattern { len: 700 * 8192, ranges: fragments, seed: 3, dense: false })).unwrap();
+    tree.add(
+        root,
+        b"fragmented",
+        pattern_file(Pattern { len: 700 * 8192, ranges: fragments, seed: 3, dense: false }),
+    )
+    .unwrap();
     // A 3000-entry directory spanning many blocks.
     let many = tree.add(root, b"many", dir(0o755)).unwrap();
     for i in 0..3000 {
-        tree.add(many, format!("entry-{i:05}-with-a-longer-name").as_bytes(), file(format!("{i}").as_bytes())).unwrap();
+        tree.add(
+            many,
+            format!("entry-{i:05}-with-a-longer-name").as_bytes(),
+            file(format!("{i}").as_bytes()),
+        )
+        .unwrap();
     }
     let nested = tree.make_dirs(&[b"a", b"b", b"c", b"d"], &meta(0o700)).unwrap();
     tree.add(nested, b"deep", file(b"deep file")).unwrap();
@@ -201,15 +261,26 @@ pub fn everything_tree() -> FileTree {
 }
 
 /// Writes `tree` into a new image of `size` bytes at `path`.
-pub fn write_image(tree: &FileTree, opts: &Ext4Options, path: &Path, size: u64) -> Result<Ext4Summary, ext4::Ext4Error> {
-    let file = File::options().read(true).write(true).create(true).truncate(true).open(path).unwrap();
+pub fn write_image(
+    tree: &FileTree,
+    opts: &Ext4Options,
+    path: &Path,
+    size: u64,
+) -> Result<Ext4Summary, ext4::Ext4Error> {
+    let file =
+        File::options().read(true).write(true).create(true).truncate(true).open(path).unwrap();
     file.set_len(size).unwrap();
     ext4::write(tree, opts, FileRegion::new(&file, 0, size))
 }
 
 /// Runs `e2fsck -fn` and asserts it exits 0.
 pub fn assert_e2fsck_clean(image: &Path) {
-    let out = Command::new(crate::tool("e2fsck")).arg("-fn").arg(image).env("LC_ALL", "C").output().unwrap();
+    let out = Command::new(crate::tool("e2fsck"))
+        .arg("-fn")
+        .arg(image)
+        .env("LC_ALL", "C")
+        .output()
+        .unwrap();
     assert!(
         out.status.success(),
         "e2fsck -fn {} exited {}:\n{}{}",
@@ -249,7 +320,11 @@ pub fn assert_reads_back_every(tree: &FileTree, image: &Path, step: usize) -> us
         assert_eq!(md.mode() & 0o7777, node.meta.permissions, "{shown}: mode");
         assert_eq!((md.uid(), md.gid()), (node.meta.uid, node.meta.gid), "{shown}: owners");
         let mtime = md.modified();
-        assert_eq!((mtime.seconds(), mtime.nanoseconds()), (node.meta.mtime.seconds, node.meta.mtime.nanoseconds), "{shown}: mtime");
+        assert_eq!(
+            (mtime.seconds(), mtime.nanoseconds()),
+            (node.meta.mtime.seconds, node.meta.mtime.nanoseconds),
+            "{shown}: mtime"
+        );
         match &node.kind {
             NodeKind::Directory(children) => {
                 assert!(md.is_dir(), "{shown}: not a directory");
@@ -275,7 +350,9 @@ pub fn assert_reads_back_every(tree: &FileTree, image: &Path, step: usize) -> us
                 let mut got = vec![0u8; 1 << 20];
                 let mut offset = 0u64;
                 while offset < content.len() {
-                    let n = ((content.len() - offset) as usize).min(got.len());
+                    let n = usize::try_from(content.len() - offset)
+                        .unwrap_or(usize::MAX)
+                        .min(got.len());
                     let mut filled = 0;
                     while filled < n {
                         let r = f.read_bytes(&mut got[filled..n]).unwrap();
@@ -283,7 +360,10 @@ pub fn assert_reads_back_every(tree: &FileTree, image: &Path, step: usize) -> us
                         filled += r;
                     }
                     content.read_exact_at(&mut expected[..n], offset).unwrap();
-                    assert!(got[..n] == expected[..n], "{shown}: content differs near offset {offset}");
+                    assert!(
+                        got[..n] == expected[..n],
+                        "{shown}: content differs near offset {offset}"
+                    );
                     offset += n as u64;
                 }
             }
@@ -292,8 +372,12 @@ pub fn assert_reads_back_every(tree: &FileTree, image: &Path, step: usize) -> us
                 let back = fs.read_link(&p).unwrap();
                 assert_eq!(back.as_ref(), target.as_slice(), "{shown}: target");
             }
-            NodeKind::CharDevice { .. } => assert_eq!(md.file_type(), ext4_view::FileType::CharacterDevice, "{shown}"),
-            NodeKind::BlockDevice { .. } => assert_eq!(md.file_type(), ext4_view::FileType::BlockDevice, "{shown}"),
+            NodeKind::CharDevice { .. } => {
+                assert_eq!(md.file_type(), ext4_view::FileType::CharacterDevice, "{shown}")
+            }
+            NodeKind::BlockDevice { .. } => {
+                assert_eq!(md.file_type(), ext4_view::FileType::BlockDevice, "{shown}")
+            }
             NodeKind::Fifo => assert_eq!(md.file_type(), ext4_view::FileType::Fifo, "{shown}"),
             NodeKind::Socket => assert_eq!(md.file_type(), ext4_view::FileType::Socket, "{shown}"),
         }

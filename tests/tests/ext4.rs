@@ -44,7 +44,8 @@ fn xattrs_links_and_devices_as_debugfs_sees_them() {
         String::from_utf8_lossy(&out.stdout).into_owned()
     };
     let list = debugfs("ea_list /xattrs");
-    for needle in ["user.small", "user.big", "trusted.t", "security.selinux", "system.posix_acl_access"]
+    for needle in
+        ["user.small", "user.big", "trusted.t", "security.selinux", "system.posix_acl_access"]
     {
         assert!(list.contains(needle), "{needle} missing from:\n{list}");
     }
@@ -86,7 +87,9 @@ fn the_kernel_mounts_it_and_sees_xattrs_acls_and_links() {
     let getcap = run_ok(Command::new(tool("getcap")).arg(m.join("bin/ping")));
     assert!(String::from_utf8_lossy(&getcap.stdout).contains("cap_net_raw=ep"), "{getcap:?}");
     let attrs = run_ok(
-        Command::new(tool("getfattr")).args(["-d", "-m", "-", "--absolute-names"]).arg(m.join("xattrs")),
+        Command::new(tool("getfattr"))
+            .args(["-d", "-m", "-", "--absolute-names"])
+            .arg(m.join("xattrs")),
     );
     let text = String::from_utf8_lossy(&attrs.stdout);
     assert!(text.contains("user.small=\"v\""), "{text}");

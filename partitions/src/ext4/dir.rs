@@ -3,9 +3,9 @@
 //! 12 bytes are the metadata_csum tail. No htree index is written: the kernel and
 //! e2fsck read linear directories of any size.
 
+use super::BLOCK_SIZE_USIZE;
 use super::checksum;
 use super::le::{lo8, put_u8, put_u16, put_u32, round4};
-use super::BLOCK_SIZE_USIZE;
 
 /// Usable bytes of a directory block: the checksum tail takes the last 12.
 const USABLE: usize = BLOCK_SIZE_USIZE - 12;

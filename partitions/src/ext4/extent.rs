@@ -5,9 +5,9 @@
 //! Only initialised extents are written (length ≤ 32768); unwritten extents and
 //! the `eh_generation` field are not used.
 
+use super::BLOCK_SIZE_USIZE;
 use super::checksum;
 use super::le::{bits32_48, lo16, lo32, put_u16, put_u32};
-use super::BLOCK_SIZE_USIZE;
 
 pub(crate) const MAX_EXTENT_LEN: u64 = 32768;
 const MAGIC: u16 = 0xF30A;

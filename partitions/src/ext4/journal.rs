@@ -60,9 +60,12 @@ mod tests {
     #[test]
     fn superblock_matches_mke2fs_layout() {
         let sb = superblock(1024, Guid::NIL);
-        assert_eq!(&sb[..0x20], &[
-            0xc0, 0x3b, 0x39, 0x98, 0, 0, 0, 4, 0, 0, 0, 0, 0, 0, 0x10, 0, 0, 0, 4, 0, 0, 0, 0, 1,
-            0, 0, 0, 1, 0, 0, 0, 0
-        ]);
+        assert_eq!(
+            &sb[..0x20],
+            &[
+                0xc0, 0x3b, 0x39, 0x98, 0, 0, 0, 4, 0, 0, 0, 0, 0, 0, 0x10, 0, 0, 0, 4, 0, 0, 0, 0,
+                1, 0, 0, 0, 1, 0, 0, 0, 0
+            ]
+        );
     }
 }

@@ -45,7 +45,7 @@ mod superblock;
 mod write;
 mod xattr;
 
-pub use superblock::{probe, Ext4Info};
+pub use superblock::{Ext4Info, probe};
 
 use crate::tree::{FileTree, Timestamp};
 use crate::{FileRegion, Guid};
@@ -118,7 +118,9 @@ pub struct Ext4Summary {
 /// Why a file system could not be made. Paths are relative to the tree root.
 #[derive(Debug, thiserror::Error)]
 pub enum Ext4Error {
-    #[error("the tree needs an ext4 file system of {needed} bytes but only {available} bytes are available")]
+    #[error(
+        "the tree needs an ext4 file system of {needed} bytes but only {available} bytes are available"
+    )]
     TooSmall { needed: u64, available: u64 },
     #[error("the ext4 label '{0}' is longer than 16 bytes")]
     LabelTooLong(String),
@@ -140,7 +142,9 @@ pub enum Ext4Error {
     TooLarge(u64),
     #[error("writing the ext4 file system at block {block}: {source}")]
     Write { block: u64, source: io::Error },
-    #[error("internal error: the ext4 layout ran out of space while writing '/{path}' although the plan fitted")]
+    #[error(
+        "internal error: the ext4 layout ran out of space while writing '/{path}' although the plan fitted"
+    )]
     OutOfSpace { path: String },
 }
 

@@ -5,9 +5,9 @@
 
 use super::alloc::Allocator;
 use super::extent::{self, ExtentList, MAX_EXTENT_LEN};
-use super::{dir, journal, xattr};
-use super::{BLOCKS_PER_GROUP, BLOCK_SIZE, BLOCK_SIZE_USIZE, Ext4Error, Ext4Options, FIRST_INO};
+use super::{BLOCK_SIZE, BLOCK_SIZE_USIZE, BLOCKS_PER_GROUP, Ext4Error, Ext4Options, FIRST_INO};
 use super::{INODE_SIZE, ROOT_INO};
+use super::{dir, journal, xattr};
 use crate::tree::{Content, FileTree, NodeId, NodeKind};
 use std::ops::Range;
 
@@ -103,11 +103,7 @@ pub(crate) fn is_zero(block: &[u8]) -> bool {
 }
 
 /// The data blocks and extent count of a file: from its data ranges, or exactly.
-fn file_blocks(
-    content: &Content,
-    path: &str,
-    mode: Mode,
-) -> Result<(u64, u64), Ext4Error> {
+fn file_blocks(content: &Content, path: &str, mode: Mode) -> Result<(u64, u64), Ext4Error> {
     let runs = data_block_runs(content, path)?;
     let mut blocks = 0;
     let mut extents = 0;
@@ -152,11 +148,16 @@ fn file_blocks(
 }
 
 impl<'t> Plan<'t> {
-    pub(crate) fn new(tree: &'t FileTree, opts: &Ext4Options, mode: Mode) -> Result<Plan<'t>, Ext4Error> {
+    pub(crate) fn new(
+        tree: &'t FileTree,
+        opts: &Ext4Options,
+        mode: Mode,
+    ) -> Result<Plan<'t>, Ext4Error> {
         let root = tree.root();
         let mut node_ino = vec![0u32; tree.node_count()];
         let mut names = vec![0u64; tree.node_count()];
-        let lost_found_node = tree.children(root).find(|(name, _)| *name == b"lost+found").map(|(_, id)| id);
+        let lost_found_node =
+            tree.children(root).find(|(name, _)| *name == b"lost+found").map(|(_, id)| id);
         let made_lost_found = lost_found_node.is_none();
         let mut next_ino = match lost_found_node {
             Some(id) if tree.node(id).kind.is_dir() => FIRST_INO + 1,
@@ -194,17 +195,18 @@ impl<'t> Plan<'t> {
         }
         // Depth-first in name order, like FileTree::walk, remembering each parent.
         let mut stack: Vec<(Vec<u8>, NodeId, u32)> = Vec::new();
-        let push_children = |stack: &mut Vec<(Vec<u8>, NodeId, u32)>, path: &[u8], id: NodeId, ino: u32| {
-            let children: Vec<(&[u8], NodeId)> = tree.children(id).collect();
-            for (name, child) in children.into_iter().rev() {
-                let mut child_path = path.to_vec();
-                if !child_path.is_empty() {
-                    child_path.push(b'/');
+        let push_children =
+            |stack: &mut Vec<(Vec<u8>, NodeId, u32)>, path: &[u8], id: NodeId, ino: u32| {
+                let children: Vec<(&[u8], NodeId)> = tree.children(id).collect();
+                for (name, child) in children.into_iter().rev() {
+                    let mut child_path = path.to_vec();
+                    if !child_path.is_empty() {
+                        child_path.push(b'/');
+                    }
+                    child_path.extend_from_slice(name);
+                    stack.push((child_path, child, ino));
                 }
-                child_path.extend_from_slice(name);
-                stack.push((child_path, child, ino));
-            }
-        };
+            };
         push_children(&mut stack, b"", root, ROOT_INO);
         while let Some((path, id, parent)) = stack.pop() {
             names[id.index()] += 1;
@@ -216,7 +218,8 @@ impl<'t> Plan<'t> {
                 FIRST_INO
             } else {
                 let ino = next_ino;
-                next_ino = next_ino.checked_add(1).ok_or(Ext4Error::TooManyInodes { count: 1 << 32 })?;
+                next_ino =
+                    next_ino.checked_add(1).ok_or(Ext4Error::TooManyInodes { count: 1 << 32 })?;
                 ino
             };
             node_ino[id.index()] = ino;
@@ -241,7 +244,8 @@ impl<'t> Plan<'t> {
             // Links: names for non-directories; 2 + subdirectories for directories.
             entry.links = match &node.kind {
                 NodeKind::Directory(children) => {
-                    let subdirs = children.values().filter(|c| tree.node(**c).kind.is_dir()).count() as u64;
+                    let subdirs =
+                        children.values().filter(|c| tree.node(**c).kind.is_dir()).count() as u64;
                     2 + subdirs + u64::from(id == root && made_lost_found)
                 }
                 _ => names[id.index()],
@@ -287,7 +291,15 @@ impl<'t> Plan<'t> {
                 _ => {}
             }
         }
-        Ok(Plan { tree, entries, node_ino, last_ino, made_lost_found, content_blocks, slack_blocks })
+        Ok(Plan {
+            tree,
+            entries,
+            node_ino,
+            last_ino,
+            made_lost_found,
+            content_blocks,
+            slack_blocks,
+        })
     }
 }
 
@@ -344,7 +356,6 @@ pub(crate) struct Geometry {
     pub groups: u32,
     pub inodes_per_group: u32,
     pub gdt_blocks: u64,
-    pub inode_table_blocks: u64,
     pub block_bitmaps: Vec<u64>,
     pub inode_bitmaps: Vec<u64>,
     pub inode_tables: Vec<u64>,
@@ -356,7 +367,11 @@ pub(crate) struct Geometry {
 impl Geometry {
     /// The geometry for a region of `region_blocks` blocks, or `None` when even the
     /// metadata does not fit.
-    pub(crate) fn new(region_blocks: u64, plan: &Plan<'_>, opts: &Ext4Options) -> Result<Option<Geometry>, Ext4Error> {
+    pub(crate) fn new(
+        region_blocks: u64,
+        plan: &Plan<'_>,
+        opts: &Ext4Options,
+    ) -> Result<Option<Geometry>, Ext4Error> {
         let per_group = u64::from(BLOCKS_PER_GROUP);
         let mut blocks = region_blocks;
         let mut groups_u64 = blocks.div_ceil(per_group);
@@ -388,7 +403,8 @@ impl Geometry {
         let inodes_per_block = BLOCK_SIZE / INODE_SIZE as u64;
         let max_ipg = (u64::from(u32::MAX) / groups_u64 / inodes_per_block * inodes_per_block)
             .min(u64::from(BLOCKS_PER_GROUP));
-        let ipg_for = |count: u64| count.div_ceil(groups_u64).div_ceil(inodes_per_block) * inodes_per_block;
+        let ipg_for =
+            |count: u64| count.div_ceil(groups_u64).div_ceil(inodes_per_block) * inodes_per_block;
         let ipg_needed = ipg_for(needed).max(inodes_per_block);
         if ipg_needed > max_ipg {
             return Ok(None);
@@ -406,7 +422,7 @@ impl Geometry {
             }
         }
         let mut allocator = Allocator::new(blocks, reserved);
-        let mut place = |n: u64, allocator: &mut Allocator| -> Option<Vec<u64>> {
+        let place = |n: u64, allocator: &mut Allocator| -> Option<Vec<u64>> {
             (0..groups).map(|_| allocator.alloc_contiguous(n).map(|r| r.start)).collect()
         };
         let Some(block_bitmaps) = place(1, &mut allocator) else { return Ok(None) };
@@ -433,7 +449,6 @@ impl Geometry {
             groups,
             inodes_per_group: u32::try_from(ipg).unwrap_or(BLOCKS_PER_GROUP),
             gdt_blocks,
-            inode_table_blocks,
             block_bitmaps,
             inode_bitmaps,
             inode_tables,

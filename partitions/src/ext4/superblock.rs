@@ -6,7 +6,7 @@
 //! treats its input as untrusted: every value is range-checked before use.
 
 use super::checksum;
-use super::le::{get_u16, get_u32, hi32, lo32, lo8, put_u8, put_u16, put_u32};
+use super::le::{get_u16, get_u32, hi32, lo8, lo32, put_u8, put_u16, put_u32};
 use crate::{FileRegion, Guid};
 
 pub(crate) const SUPERBLOCK_OFFSET: u64 = 1024;

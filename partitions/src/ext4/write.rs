@@ -16,9 +16,9 @@ use super::group::{self, GroupDesc};
 use super::inode::{self, Inode};
 use super::plan::{self, CHUNK_BLOCKS, Entry, Geometry, Plan, Source};
 use super::superblock::{SUPERBLOCK_OFFSET, SuperblockFields};
-use super::{checksum, dir, journal, xattr};
 use super::{BLOCK_SIZE, BLOCK_SIZE_USIZE, BLOCKS_PER_GROUP, Ext4Error, Ext4Options, Ext4Summary};
 use super::{FIRST_INO, INODE_SIZE, JOURNAL_INO, ROOT_INO};
+use super::{checksum, dir, journal, xattr};
 use crate::FileRegion;
 use crate::tree::{Content, NodeKind};
 
@@ -140,7 +140,12 @@ impl Writer<'_, '_> {
     }
 
     /// Allocates the extent tree blocks of `list`, writes them, and fills the inode.
-    fn finish_extents(&mut self, entry: &Entry, list: &ExtentList, inode: &mut Inode) -> Result<(), Ext4Error> {
+    fn finish_extents(
+        &mut self,
+        entry: &Entry,
+        list: &ExtentList,
+        inode: &mut Inode,
+    ) -> Result<(), Ext4Error> {
         let count = extent::tree_blocks(list.extents.len() as u64);
         let mut numbers = Vec::with_capacity(usize::try_from(count).unwrap_or(0));
         for _ in 0..count {
@@ -173,8 +178,12 @@ impl Writer<'_, '_> {
                     return Err(Ext4Error::OutOfSpace { path: entry.path_string() });
                 };
                 let first = list.extents.first().map_or(0, |e| e.physical);
-                self.out.write(first, &journal::superblock(super::le::lo32(list.blocks), self.opts.uuid))?;
-                let (root, tree_blocks) = extent::build(&list.extents, &tree, JOURNAL_INO, self.fs_seed);
+                self.out.write(
+                    first,
+                    &journal::superblock(super::le::lo32(list.blocks), self.opts.uuid),
+                )?;
+                let (root, tree_blocks) =
+                    extent::build(&list.extents, &tree, JOURNAL_INO, self.fs_seed);
                 for (number, block) in &tree_blocks {
                     self.out.write(*number, block)?;
                 }
@@ -201,14 +210,17 @@ impl Writer<'_, '_> {
             NodeKind::Fifo => inode::S_IFIFO,
             NodeKind::Socket => inode::S_IFSOCK,
         };
-        let mut inode = Inode::new(type_bits | (meta.permissions & 0o7777), meta.uid, meta.gid, meta.mtime);
+        let mut inode =
+            Inode::new(type_bits | (meta.permissions & 0o7777), meta.uid, meta.gid, meta.mtime);
         // Directories with more than 65000 subdirectories count 1 (dir_nlink).
         inode.links = u16::try_from(entry.links).ok().filter(|&l| l <= 65000).unwrap_or(1);
 
         // Validated by the plan; the errors cannot happen here.
         let path = entry.path_string();
-        let attrs = xattr::prepare(&meta.xattrs).map_err(|_| Ext4Error::XattrsTooLarge { path: path.clone() })?;
-        let (in_inode, in_block) = xattr::place(attrs).map_err(|_| Ext4Error::XattrsTooLarge { path: path.clone() })?;
+        let attrs = xattr::prepare(&meta.xattrs)
+            .map_err(|_| Ext4Error::XattrsTooLarge { path: path.clone() })?;
+        let (in_inode, in_block) =
+            xattr::place(attrs).map_err(|_| Ext4Error::XattrsTooLarge { path: path.clone() })?;
         inode.xattr_area = xattr::encode_in_inode(&in_inode);
         if !in_block.is_empty() {
             let block = self.alloc(1, entry)?.start;
@@ -222,7 +234,11 @@ impl Writer<'_, '_> {
             NodeKind::Directory(children) => {
                 let mut entries: Vec<dir::DirEntry<'_>> = Vec::with_capacity(children.len() + 1);
                 if entry.ino == ROOT_INO && plan.made_lost_found {
-                    entries.push(dir::DirEntry { name: b"lost+found", ino: FIRST_INO, file_type: dir::FT_DIR });
+                    entries.push(dir::DirEntry {
+                        name: b"lost+found",
+                        ino: FIRST_INO,
+                        file_type: dir::FT_DIR,
+                    });
                 }
                 for (name, child) in children {
                     let file_type = match &plan.tree.node(*child).kind {
@@ -234,10 +250,15 @@ impl Writer<'_, '_> {
                         NodeKind::Fifo => dir::FT_FIFO,
                         NodeKind::Socket => dir::FT_SOCK,
                     };
-                    entries.push(dir::DirEntry { name, ino: plan.node_ino[child.index()], file_type });
+                    entries.push(dir::DirEntry {
+                        name,
+                        ino: plan.node_ino[child.index()],
+                        file_type,
+                    });
                 }
                 let min_blocks = if entry.ino == FIRST_INO { 4 } else { 1 };
-                let blocks = dir::encode(entry.ino, entry.parent, &entries, min_blocks, self.fs_seed);
+                let blocks =
+                    dir::encode(entry.ino, entry.parent, &entries, min_blocks, self.fs_seed);
                 inode.size = blocks.len() as u64 * BLOCK_SIZE;
                 let list = self.write_body(entry, &blocks)?;
                 self.finish_extents(entry, &list, &mut inode)?;
@@ -279,10 +300,12 @@ impl Writer<'_, '_> {
                     let n = (run.end - block).min(CHUNK_BLOCKS);
                     // n ≤ 256, so the byte count fits a usize.
                     let bytes = &mut chunk[..BLOCK_SIZE_USIZE * usize::try_from(n).unwrap_or(256)];
-                    content.read_exact_at(bytes, block * BLOCK_SIZE).map_err(|source| Ext4Error::Content {
-                        path: path.clone(),
-                        source_name: content.describe(),
-                        source,
+                    content.read_exact_at(bytes, block * BLOCK_SIZE).map_err(|source| {
+                        Ext4Error::Content {
+                            path: path.clone(),
+                            source_name: content.describe(),
+                            source,
+                        }
                     })?;
                     let blocks: Vec<&[u8]> = bytes.chunks_exact(BLOCK_SIZE_USIZE).collect();
                     let mut i = 0;
@@ -301,7 +324,8 @@ impl Writer<'_, '_> {
                             let len = usize::try_from(run.end - run.start).unwrap_or(0);
                             list.push(block + i as u64, run.start, run.end - run.start);
                             let start = i * BLOCK_SIZE_USIZE;
-                            self.out.write(run.start, &bytes[start..start + len * BLOCK_SIZE_USIZE])?;
+                            self.out
+                                .write(run.start, &bytes[start..start + len * BLOCK_SIZE_USIZE])?;
                             i += len;
                         }
                     }

@@ -6,10 +6,10 @@
 //! Not supported: values in separate inodes (ea_inode), shared xattr blocks
 //! (every block has refcount 1), and attributes that do not fit in one block.
 
+use super::BLOCK_SIZE_USIZE;
 use super::checksum;
 use super::inode::XATTR_AREA_SIZE;
 use super::le::{get_u16, get_u32, put_u8, put_u16, put_u32, round4};
-use super::BLOCK_SIZE_USIZE;
 use std::collections::BTreeMap;
 
 const MAGIC: u32 = 0xEA02_0000;
@@ -49,12 +49,18 @@ pub(crate) fn prepare(xattrs: &BTreeMap<Vec<u8>, Vec<u8>>) -> Result<Vec<Attr>, 
     let mut attrs = Vec::with_capacity(xattrs.len());
     for (full, value) in xattrs {
         let attr = match full.as_slice() {
-            b"system.posix_acl_access" => Attr { index: 2, name: Vec::new(), value: acl(full, value)? },
-            b"system.posix_acl_default" => Attr { index: 3, name: Vec::new(), value: acl(full, value)? },
+            b"system.posix_acl_access" => {
+                Attr { index: 2, name: Vec::new(), value: acl(full, value)? }
+            }
+            b"system.posix_acl_default" => {
+                Attr { index: 3, name: Vec::new(), value: acl(full, value)? }
+            }
             _ => match PREFIXES.iter().find(|(prefix, _)| full.starts_with(prefix)) {
-                Some((prefix, index)) => {
-                    Attr { index: *index, name: full[prefix.len()..].to_vec(), value: value.clone() }
-                }
+                Some((prefix, index)) => Attr {
+                    index: *index,
+                    name: full[prefix.len()..].to_vec(),
+                    value: value.clone(),
+                },
                 // Unknown namespaces keep their full name under index 0, as e2fsprogs does.
                 None => Attr { index: 0, name: full.clone(), value: value.clone() },
             },
@@ -203,9 +209,13 @@ mod tests {
     fn acl_is_converted_to_disk_form() {
         // user::rw- user:1000:r-- group::r-- mask::r-- other::---
         let mut vfs = 2u32.to_le_bytes().to_vec();
-        for (tag, perm, id) in
-            [(1u16, 6u16, u32::MAX), (2, 4, 1000), (4, 4, u32::MAX), (0x10, 4, u32::MAX), (0x20, 0, u32::MAX)]
-        {
+        for (tag, perm, id) in [
+            (1u16, 6u16, u32::MAX),
+            (2, 4, 1000),
+            (4, 4, u32::MAX),
+            (0x10, 4, u32::MAX),
+            (0x20, 0, u32::MAX),
+        ] {
             vfs.extend_from_slice(&tag.to_le_bytes());
             vfs.extend_from_slice(&perm.to_le_bytes());
             vfs.extend_from_slice(&id.to_le_bytes());
