@@ -146,6 +146,8 @@ pub enum Ext4Error {
         "internal error: the ext4 layout ran out of space while writing '/{path}' although the plan fitted"
     )]
     OutOfSpace { path: String },
+    #[error("internal error: the file reader thread stopped before '/{path}' was read")]
+    ReaderStopped { path: String },
 }
 
 /// Smallest size in bytes (a multiple of 4096) of a region that [`write`] accepts for

@@ -1,7 +1,8 @@
 //! The write pass: one walk over the inodes in number order, allocating and writing
 //! each one's blocks, then the inode tables, bitmaps, descriptors and superblocks.
 //!
-//! File data is streamed in 1 MiB chunks; all-zero blocks become holes; consecutive
+//! File data is read ahead by a second thread in 1 MiB chunks, in the order the files
+//! are written, so reading overlaps writing; all-zero blocks become holes; consecutive
 //! blocks are coalesced into large positioned writes. Inode table blocks are written
 //! as soon as a group's inodes are done, so memory stays bounded by one group's
 //! table and one directory.
@@ -21,27 +22,34 @@ use super::{FIRST_INO, INODE_SIZE, JOURNAL_INO, ROOT_INO};
 use super::{checksum, dir, journal, xattr};
 use crate::FileRegion;
 use crate::tree::{Content, NodeKind};
+use std::collections::VecDeque;
+use std::sync::mpsc::{Receiver, SyncSender, sync_channel};
+
+/// Chunks the reader thread may have in flight.
+const READ_AHEAD: usize = 8;
+
+/// Coalesced buffers queued for the writer thread.
+const WRITES_IN_FLIGHT: usize = 4;
 
 /// Largest coalesced write.
 const WRITE_BUFFER: usize = 4 << 20;
 
-/// Coalesces writes of consecutive blocks.
-struct BlockWriter<'a> {
-    region: FileRegion<'a>,
+/// Coalesces writes of consecutive blocks and hands full buffers to the writer
+/// thread, so checking and copying overlap with the kernel's write.
+struct BlockWriter {
     start: u64,
     buf: Vec<u8>,
+    to_disk: SyncSender<(u64, Vec<u8>)>,
+    spare: Receiver<Vec<u8>>,
 }
 
-impl BlockWriter<'_> {
+impl BlockWriter {
     fn write(&mut self, block: u64, data: &[u8]) -> Result<(), Ext4Error> {
         let pending_blocks = (self.buf.len() / BLOCK_SIZE_USIZE) as u64;
         if !self.buf.is_empty()
             && (self.start + pending_blocks != block || self.buf.len() + data.len() > WRITE_BUFFER)
         {
             self.flush()?;
-        }
-        if self.buf.is_empty() && data.len() >= WRITE_BUFFER / 2 {
-            return self.write_now(block, data);
         }
         if self.buf.is_empty() {
             self.start = block;
@@ -60,19 +68,34 @@ impl BlockWriter<'_> {
         Ok(())
     }
 
-    fn write_now(&self, block: u64, data: &[u8]) -> Result<(), Ext4Error> {
-        self.region
-            .write_all_at(data, block * BLOCK_SIZE)
-            .map_err(|source| Ext4Error::Write { block, source })
-    }
-
     fn flush(&mut self) -> Result<(), Ext4Error> {
-        if !self.buf.is_empty() {
-            self.write_now(self.start, &self.buf)?;
-            self.buf.clear();
+        if self.buf.is_empty() {
+            return Ok(());
         }
-        Ok(())
+        let next = self.spare.try_recv().unwrap_or_else(|_| Vec::with_capacity(WRITE_BUFFER));
+        let full = std::mem::replace(&mut self.buf, next);
+        // The writer thread only hangs up after a failed write, which it reports itself.
+        self.to_disk.send((self.start, full)).map_err(|_| Ext4Error::Write {
+            block: self.start,
+            source: std::io::Error::other("the writer thread stopped"),
+        })
     }
+}
+
+/// The writer thread: positioned writes of coalesced buffers, in order.
+fn write_to_disk(
+    region: FileRegion<'_>,
+    buffers: Receiver<(u64, Vec<u8>)>,
+    spare: SyncSender<Vec<u8>>,
+) -> Result<(), Ext4Error> {
+    for (block, mut data) in buffers {
+        region
+            .write_all_at(&data, block * BLOCK_SIZE)
+            .map_err(|source| Ext4Error::Write { block, source })?;
+        data.clear();
+        let _ = spare.try_send(data);
+    }
+    Ok(())
 }
 
 /// Fills inode tables group by group, in increasing inode order.
@@ -81,14 +104,118 @@ struct InodeTables {
     buf: Vec<u8>,
 }
 
-struct Writer<'p, 'r> {
+struct Writer<'p> {
     plan: &'p Plan<'p>,
     geometry: Geometry,
     opts: &'p Ext4Options,
-    out: BlockWriter<'r>,
+    out: BlockWriter,
     tables: InodeTables,
     fs_seed: u32,
-    chunk: Vec<u8>,
+    /// File content read ahead by the reader thread, in the order files are written.
+    pieces: Receiver<Vec<Piece>>,
+    /// Pieces received but not used yet.
+    pending: VecDeque<Piece>,
+    /// Buffers handed back to the reader thread for reuse.
+    spare: SyncSender<Vec<u8>>,
+}
+
+/// A piece of file content from the reader thread.
+enum Piece {
+    /// Blocks of the current file from logical block `block`.
+    Data {
+        block: u64,
+        data: Vec<u8>,
+    },
+    /// The current file is complete.
+    End,
+    Failed(Ext4Error),
+}
+
+/// Pieces sent together once they hold this many bytes, so small files do not
+/// cost a thread wake-up each.
+const BATCH_BYTES: usize = 1 << 20;
+
+/// Batches pieces for the writer; `None` once the writer has hung up.
+struct Batcher<'a> {
+    out: &'a SyncSender<Vec<Piece>>,
+    batch: Vec<Piece>,
+    bytes: usize,
+}
+
+impl Batcher<'_> {
+    fn push(&mut self, piece: Piece) -> Option<()> {
+        let urgent = matches!(piece, Piece::Failed(_));
+        if let Piece::Data { data, .. } = &piece {
+            self.bytes += data.len();
+        }
+        self.batch.push(piece);
+        if urgent || self.bytes >= BATCH_BYTES || self.batch.len() >= 1024 {
+            self.flush()?;
+        }
+        Some(())
+    }
+
+    fn flush(&mut self) -> Option<()> {
+        self.bytes = 0;
+        if self.batch.is_empty() {
+            return Some(());
+        }
+        self.out.send(std::mem::take(&mut self.batch)).ok()
+    }
+}
+
+/// Reads every file's data ranges, in inode order, a chunk at a time, so reading
+/// overlaps with checking and writing. Stops when the writer hangs up.
+fn read_ahead(plan: &Plan<'_>, out: &SyncSender<Vec<Piece>>, spare: &Receiver<Vec<u8>>) {
+    let mut batcher = Batcher { out, batch: Vec::new(), bytes: 0 };
+    for entry in &plan.entries {
+        let Source::Node(id) = entry.source else { continue };
+        let NodeKind::File(content) = &plan.tree.node(id).kind else { continue };
+        if read_file(entry, content, &mut batcher, spare).is_none() {
+            return;
+        }
+    }
+    let _ = batcher.flush();
+}
+
+/// `None` when the writer is gone or the file failed (the failure was sent).
+fn read_file(
+    entry: &Entry,
+    content: &Content,
+    out: &mut Batcher<'_>,
+    spare: &Receiver<Vec<u8>>,
+) -> Option<()> {
+    let path = entry.path_string();
+    let runs = match plan::data_block_runs(content, &path) {
+        Ok(runs) => runs,
+        Err(error) => {
+            out.push(Piece::Failed(error));
+            return None;
+        }
+    };
+    for run in runs {
+        let mut block = run.start;
+        while block < run.end {
+            let n = (run.end - block).min(CHUNK_BLOCKS);
+            // n ≤ 256, so the byte count fits a usize.
+            let len = BLOCK_SIZE_USIZE * usize::try_from(n).unwrap_or(256);
+            // Full-size chunk buffers are recycled; small ones come from the allocator.
+            let mut data = if n == CHUNK_BLOCKS {
+                spare.try_recv().unwrap_or_default()
+            } else {
+                Vec::with_capacity(len)
+            };
+            data.resize(len, 0);
+            if let Err(source) = content.read_exact_at(&mut data, block * BLOCK_SIZE) {
+                let error = Ext4Error::Content { path, source_name: content.describe(), source };
+                out.push(Piece::Failed(error));
+                return None;
+            }
+            out.push(Piece::Data { block, data })?;
+            block += n;
+        }
+    }
+    out.push(Piece::End)
 }
 
 pub(crate) fn write(
@@ -97,25 +224,51 @@ pub(crate) fn write(
     opts: &Ext4Options,
     region: FileRegion<'_>,
 ) -> Result<Ext4Summary, Ext4Error> {
-    let mut writer = Writer {
-        plan,
-        geometry,
-        opts,
-        out: BlockWriter { region, start: 0, buf: Vec::with_capacity(WRITE_BUFFER) },
-        tables: InodeTables { group: 0, buf: Vec::new() },
-        fs_seed: checksum::fs_seed(&opts.uuid.to_rfc_bytes()),
-        chunk: vec![0u8; BLOCK_SIZE_USIZE * 256],
-    };
-    for entry in &plan.entries {
-        let inode = writer.inode(entry)?;
-        let bytes = inode.encode(entry.ino, writer.fs_seed);
-        writer.put_inode(entry.ino, &bytes)?;
-    }
-    writer.flush_inode_table()?;
-    writer.finish()
+    std::thread::scope(|scope| {
+        let (piece_tx, piece_rx) = sync_channel(READ_AHEAD);
+        let (spare_tx, spare_rx) = sync_channel(READ_AHEAD + 2);
+        scope.spawn(move || read_ahead(plan, &piece_tx, &spare_rx));
+        let (disk_tx, disk_rx) = sync_channel(WRITES_IN_FLIGHT);
+        let (buffer_tx, buffer_rx) = sync_channel(WRITES_IN_FLIGHT + 2);
+        let disk = scope.spawn(move || write_to_disk(region, disk_rx, buffer_tx));
+        let result = (|| {
+            let mut writer = Writer {
+                plan,
+                geometry,
+                opts,
+                out: BlockWriter {
+                    start: 0,
+                    buf: Vec::with_capacity(WRITE_BUFFER),
+                    to_disk: disk_tx,
+                    spare: buffer_rx,
+                },
+                tables: InodeTables { group: 0, buf: Vec::new() },
+                fs_seed: checksum::fs_seed(&opts.uuid.to_rfc_bytes()),
+                pieces: piece_rx,
+                pending: VecDeque::new(),
+                spare: spare_tx,
+            };
+            for entry in &plan.entries {
+                let inode = writer.inode(entry)?;
+                let bytes = inode.encode(entry.ino, writer.fs_seed);
+                writer.put_inode(entry.ino, &bytes)?;
+            }
+            writer.flush_inode_table()?;
+            // Consuming the writer hangs up on both threads (also on an early error).
+            writer.finish()
+        })();
+        let written = disk.join().unwrap_or_else(|_| {
+            Err(Ext4Error::Write {
+                block: 0,
+                source: std::io::Error::other("the writer thread panicked"),
+            })
+        });
+        // A failed write is the root cause of whatever the main loop reported.
+        written.and(result)
+    })
 }
 
-impl Writer<'_, '_> {
+impl Writer<'_> {
     fn alloc(&mut self, max: u64, entry: &Entry) -> Result<std::ops::Range<u64>, Ext4Error> {
         self.geometry
             .allocator
@@ -265,7 +418,7 @@ impl Writer<'_, '_> {
             }
             NodeKind::File(content) => {
                 inode.size = content.len();
-                let list = self.write_file(entry, content)?;
+                let list = self.write_file(entry)?;
                 self.finish_extents(entry, &list, &mut inode)?;
             }
             NodeKind::Symlink(target) => {
@@ -287,55 +440,49 @@ impl Writer<'_, '_> {
         Ok(inode)
     }
 
-    /// Streams a file's data ranges, skipping all-zero blocks.
-    fn write_file(&mut self, entry: &Entry, content: &Content) -> Result<ExtentList, Ext4Error> {
-        let path = entry.path_string();
-        let runs = plan::data_block_runs(content, &path)?;
+    /// Takes a file's content from the reader thread, skipping all-zero blocks.
+    fn write_file(&mut self, entry: &Entry) -> Result<ExtentList, Ext4Error> {
         let mut list = ExtentList::default();
-        let mut chunk = std::mem::take(&mut self.chunk);
-        let result = (|| {
-            for run in runs {
-                let mut block = run.start;
-                while block < run.end {
-                    let n = (run.end - block).min(CHUNK_BLOCKS);
-                    // n ≤ 256, so the byte count fits a usize.
-                    let bytes = &mut chunk[..BLOCK_SIZE_USIZE * usize::try_from(n).unwrap_or(256)];
-                    content.read_exact_at(bytes, block * BLOCK_SIZE).map_err(|source| {
-                        Ext4Error::Content {
-                            path: path.clone(),
-                            source_name: content.describe(),
-                            source,
-                        }
-                    })?;
-                    let blocks: Vec<&[u8]> = bytes.chunks_exact(BLOCK_SIZE_USIZE).collect();
-                    let mut i = 0;
-                    while i < blocks.len() {
-                        if plan::is_zero(blocks[i]) {
-                            i += 1;
-                            continue;
-                        }
-                        let mut j = i + 1;
-                        while j < blocks.len() && !plan::is_zero(blocks[j]) {
-                            j += 1;
-                        }
-                        // Blocks i..j hold data: allocate (maybe in pieces) and write.
-                        while i < j {
-                            let run = self.alloc((j - i) as u64, entry)?;
-                            let len = usize::try_from(run.end - run.start).unwrap_or(0);
-                            list.push(block + i as u64, run.start, run.end - run.start);
-                            let start = i * BLOCK_SIZE_USIZE;
-                            self.out
-                                .write(run.start, &bytes[start..start + len * BLOCK_SIZE_USIZE])?;
-                            i += len;
-                        }
-                    }
-                    block += n;
+        loop {
+            if self.pending.is_empty() {
+                match self.pieces.recv() {
+                    Ok(batch) => self.pending.extend(batch),
+                    Err(_) => return Err(Ext4Error::ReaderStopped { path: entry.path_string() }),
                 }
             }
-            Ok(())
-        })();
-        self.chunk = chunk;
-        result.map(|()| list)
+            let (block, data) = match self.pending.pop_front() {
+                Some(Piece::Data { block, data }) => (block, data),
+                Some(Piece::End) => return Ok(list),
+                Some(Piece::Failed(error)) => return Err(error),
+                None => continue,
+            };
+            let blocks: Vec<&[u8]> = data.chunks_exact(BLOCK_SIZE_USIZE).collect();
+            let mut i = 0;
+            while i < blocks.len() {
+                if plan::is_zero(blocks[i]) {
+                    i += 1;
+                    continue;
+                }
+                let mut j = i + 1;
+                while j < blocks.len() && !plan::is_zero(blocks[j]) {
+                    j += 1;
+                }
+                // Blocks i..j hold data: allocate (maybe in pieces) and write.
+                while i < j {
+                    let run = self.alloc((j - i) as u64, entry)?;
+                    let len = usize::try_from(run.end - run.start).unwrap_or(0);
+                    list.push(block + i as u64, run.start, run.end - run.start);
+                    let start = i * BLOCK_SIZE_USIZE;
+                    self.out.write(run.start, &data[start..start + len * BLOCK_SIZE_USIZE])?;
+                    i += len;
+                }
+            }
+            drop(blocks);
+            // A full spare queue just means the buffer is freed.
+            if data.capacity() >= BLOCK_SIZE_USIZE * 256 {
+                let _ = self.spare.try_send(data);
+            }
+        }
     }
 
     fn put_inode(&mut self, ino: u32, bytes: &[u8; INODE_SIZE]) -> Result<(), Ext4Error> {
