@@ -299,3 +299,43 @@ fn bad_input_is_refused_with_the_path() {
     let result = write_image(&FileTree::new(meta(0o755)), &opts, &image, 8 * MIB);
     assert!(matches!(result, Err(Ext4Error::LabelTooLong(_))));
 }
+
+#[test]
+#[cfg_attr(not(any(ci, have_e2fsck)), ignore = "needs e2fsck (package e2fsprogs)")]
+fn extent_tree_of_depth_two() {
+    let dir = scratch();
+    let image = dir.path().join("deep.img");
+    let mut tree = FileTree::new(meta(0o755));
+    let root = tree.root();
+    // 1500 one-block fragments: more than 4 × 340 extents, so the root indexes an
+    // index block that indexes 5 leaves.
+    let fragments = (0..1500u64).map(|i| i * 8192..i * 8192 + 4096).collect();
+    let pattern = Pattern { len: 1500 * 8192, ranges: fragments, seed: 5, dense: false };
+    tree.add(root, b"fragments", pattern_file(pattern)).unwrap();
+    write_image(&tree, &options(), &image, 32 * MIB).unwrap();
+    assert_e2fsck_clean(&image);
+    assert_reads_back(&tree, &image);
+    let out = run_ok(Command::new(tool("debugfs")).args(["-R", "ex /fragments"]).arg(&image));
+    let text = String::from_utf8_lossy(&out.stdout);
+    // debugfs lists index nodes as "level/max depth": 2/ 2 is a leaf under two index levels.
+    assert!(text.contains(" 0/ 2 ") && text.contains(" 2/ 2 "), "{text}");
+}
+
+#[test]
+#[cfg_attr(not(any(ci, have_e2fsck)), ignore = "needs e2fsck (package e2fsprogs)")]
+fn odd_sizes_and_small_last_groups() {
+    let dir = scratch();
+    let tree = everything_tree();
+    // A last group of 10 blocks (dropped), of 50 blocks (kept), and a size that is
+    // not a multiple of 4096.
+    for (size, blocks) in [
+        (128 * MIB + 40 * 1024, 32768),
+        (128 * MIB + 200 * 1024, 32768 + 50),
+        (100 * MIB + 1000, 25600),
+    ] {
+        let image = dir.path().join(format!("odd-{size}.img"));
+        let summary = write_image(&tree, &options(), &image, size).unwrap();
+        assert_eq!(summary.block_count, blocks, "{size}");
+        assert_e2fsck_clean(&image);
+    }
+}
