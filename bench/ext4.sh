@@ -13,6 +13,11 @@ WORK=$(mktemp -d)
 trap 'rm -rf "$WORK"' EXIT
 mkdir -p "$CACHE"
 
+if ! "$ABFORGE" mkfs ext4 --help >/dev/null 2>&1; then
+    echo "ext4: skipped: $ABFORGE has no 'mkfs ext4' subcommand yet" >&2
+    exit 0
+fi
+
 DEBROOT=$CACHE/debroot
 if [ ! -x "$DEBROOT/bin/sh" ]; then
     debootstrap --variant=minbase --include=systemd,openssh-server,iptables bookworm "$DEBROOT" >"$CACHE/debootstrap.log" 2>&1

@@ -339,3 +339,21 @@ fn odd_sizes_and_small_last_groups() {
         assert_e2fsck_clean(&image);
     }
 }
+
+#[test]
+#[cfg_attr(not(any(ci, have_e2fsck)), ignore = "needs e2fsck (package e2fsprogs)")]
+fn a_lost_and_found_from_the_tree_is_used_as_is() {
+    let dir = scratch();
+    let image = dir.path().join("lf.img");
+    let mut tree = FileTree::new(meta(0o755));
+    let root = tree.root();
+    let lost = tree.add(root, b"lost+found", abforge_tests::ext4::dir(0o700)).unwrap();
+    tree.add(lost, b"#1234", file(b"recovered")).unwrap();
+    tree.add(root, b"after", file(b"x")).unwrap();
+    write_image(&tree, &options(), &image, 8 * MIB).unwrap();
+    assert_e2fsck_clean(&image);
+    assert_reads_back(&tree, &image);
+    let out = run_ok(Command::new(tool("debugfs")).args(["-R", "stat /lost+found"]).arg(&image));
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(text.contains("Inode: 11 ") && text.contains("Size: 16384"), "{text}");
+}

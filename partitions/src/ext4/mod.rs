@@ -26,6 +26,11 @@
 //! at its first name in walk order. Everything, including times and ids, comes from
 //! the tree and [`Ext4Options`], so the same input gives the same bytes.
 //!
+//! While writing, one helper thread reads file content ahead (in the same order) and
+//! another performs the positioned writes; the allocation and layout happen on the
+//! calling thread only, so the threads never change the result. Memory use is
+//! bounded (a few MiB of buffers, one group's inode table, one directory).
+//!
 //! ```text
 //! let needed = ext4::min_size(&tree, &opts)?;          // bytes, multiple of 4096
 //! let summary = ext4::write(&tree, &opts, region)?;     // fs size = region.len() rounded down
