@@ -105,7 +105,7 @@ impl Default for Ext4Options {
     }
 }
 
-/// What [`write`] made.
+/// What [`write()`] made.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Ext4Summary {
     pub block_size: u64,
@@ -155,7 +155,7 @@ pub enum Ext4Error {
     ReaderStopped { path: String },
 }
 
-/// Smallest size in bytes (a multiple of 4096) of a region that [`write`] accepts for
+/// Smallest size in bytes (a multiple of 4096) of a region that [`write()`] accepts for
 /// `tree`. It counts every block inside the files' data ranges as used, without
 /// reading them; all-zero blocks found while writing become holes, so a file system of
 /// exactly this size may keep some free space.
