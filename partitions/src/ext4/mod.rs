@@ -26,7 +26,7 @@
 //! at its first name in walk order. Everything, including times and ids, comes from
 //! the tree and [`Ext4Options`], so the same input gives the same bytes.
 //!
-//! While writing, one helper thread reads file content ahead (in the same order) and
+//! While writing, two helper threads read file content ahead (files dealt in turn) and
 //! another performs the positioned writes; the allocation and layout happen on the
 //! calling thread only, so the threads never change the result. Memory use is
 //! bounded (a few MiB of buffers, one group's inode table, one directory).

@@ -1,7 +1,7 @@
 //! The write pass: one walk over the inodes in number order, allocating and writing
 //! each one's blocks, then the inode tables, bitmaps, descriptors and superblocks.
 //!
-//! File data is read ahead by a second thread in 1 MiB chunks, in the order the files
+//! File data is read ahead by two threads (files dealt in turn) in 1 MiB chunks, taken in the order the files
 //! are written, so reading overlaps writing; all-zero blocks become holes; consecutive
 //! blocks are coalesced into large positioned writes. Inode table blocks are written
 //! as soon as a group's inodes are done, so memory stays bounded by one group's
@@ -25,7 +25,10 @@ use crate::tree::{Content, NodeKind};
 use std::collections::VecDeque;
 use std::sync::mpsc::{Receiver, SyncSender, sync_channel};
 
-/// Chunks the reader thread may have in flight.
+/// Threads reading file content ahead (files are dealt to them in turn).
+const READERS: usize = 2;
+
+/// Batches each reader thread may have in flight.
 const READ_AHEAD: usize = 8;
 
 /// Coalesced buffers queued for the writer thread.
@@ -111,11 +114,20 @@ struct Writer<'p> {
     out: BlockWriter,
     tables: InodeTables,
     fs_seed: u32,
-    /// File content read ahead by the reader thread, in the order files are written.
+    /// The reader threads; file k (counting files in inode order) comes from reader
+    /// k % READERS.
+    readers: Vec<ReaderLink>,
+    /// Files written so far.
+    files_done: usize,
+}
+
+/// The writer's end of one reader thread.
+struct ReaderLink {
+    /// Batches of pieces, in the order of that reader's files.
     pieces: Receiver<Vec<Piece>>,
     /// Pieces received but not used yet.
     pending: VecDeque<Piece>,
-    /// Buffers handed back to the reader thread for reuse.
+    /// Buffers handed back to the reader for reuse.
     spare: SyncSender<Vec<u8>>,
 }
 
@@ -164,13 +176,24 @@ impl Batcher<'_> {
     }
 }
 
-/// Reads every file's data ranges, in inode order, a chunk at a time, so reading
-/// overlaps with checking and writing. Stops when the writer hangs up.
-fn read_ahead(plan: &Plan<'_>, out: &SyncSender<Vec<Piece>>, spare: &Receiver<Vec<u8>>) {
+/// Reads the data ranges of every READERS-th file (starting at file `which`), in
+/// inode order, a chunk at a time, so reading overlaps with checking and writing.
+/// Stops when the writer hangs up.
+fn read_ahead(
+    plan: &Plan<'_>,
+    which: usize,
+    out: &SyncSender<Vec<Piece>>,
+    spare: &Receiver<Vec<u8>>,
+) {
     let mut batcher = Batcher { out, batch: Vec::new(), bytes: 0 };
-    for entry in &plan.entries {
-        let Source::Node(id) = entry.source else { continue };
-        let NodeKind::File(content) = &plan.tree.node(id).kind else { continue };
+    let files = plan.entries.iter().filter_map(|entry| match entry.source {
+        Source::Node(id) => match &plan.tree.node(id).kind {
+            NodeKind::File(content) => Some((entry, content)),
+            _ => None,
+        },
+        _ => None,
+    });
+    for (entry, content) in files.skip(which).step_by(READERS) {
         if read_file(entry, content, &mut batcher, spare).is_none() {
             return;
         }
@@ -225,9 +248,17 @@ pub(crate) fn write(
     region: FileRegion<'_>,
 ) -> Result<Ext4Summary, Ext4Error> {
     std::thread::scope(|scope| {
-        let (piece_tx, piece_rx) = sync_channel(READ_AHEAD);
-        let (spare_tx, spare_rx) = sync_channel(READ_AHEAD + 2);
-        scope.spawn(move || read_ahead(plan, &piece_tx, &spare_rx));
+        let mut readers = Vec::with_capacity(READERS);
+        for which in 0..READERS {
+            let (piece_tx, piece_rx) = sync_channel(READ_AHEAD);
+            let (spare_tx, spare_rx) = sync_channel(READ_AHEAD + 2);
+            scope.spawn(move || read_ahead(plan, which, &piece_tx, &spare_rx));
+            readers.push(ReaderLink {
+                pieces: piece_rx,
+                pending: VecDeque::new(),
+                spare: spare_tx,
+            });
+        }
         let (disk_tx, disk_rx) = sync_channel(WRITES_IN_FLIGHT);
         let (buffer_tx, buffer_rx) = sync_channel(WRITES_IN_FLIGHT + 2);
         let disk = scope.spawn(move || write_to_disk(region, disk_rx, buffer_tx));
@@ -244,9 +275,8 @@ pub(crate) fn write(
                 },
                 tables: InodeTables { group: 0, buf: Vec::new() },
                 fs_seed: checksum::fs_seed(&opts.uuid.to_rfc_bytes()),
-                pieces: piece_rx,
-                pending: VecDeque::new(),
-                spare: spare_tx,
+                readers,
+                files_done: 0,
             };
             for entry in &plan.entries {
                 let inode = writer.inode(entry)?;
@@ -443,14 +473,17 @@ impl Writer<'_> {
     /// Takes a file's content from the reader thread, skipping all-zero blocks.
     fn write_file(&mut self, entry: &Entry) -> Result<ExtentList, Ext4Error> {
         let mut list = ExtentList::default();
+        let r = self.files_done % READERS;
+        self.files_done += 1;
         loop {
-            if self.pending.is_empty() {
-                match self.pieces.recv() {
-                    Ok(batch) => self.pending.extend(batch),
+            let reader = &mut self.readers[r];
+            if reader.pending.is_empty() {
+                match reader.pieces.recv() {
+                    Ok(batch) => reader.pending.extend(batch),
                     Err(_) => return Err(Ext4Error::ReaderStopped { path: entry.path_string() }),
                 }
             }
-            let (block, data) = match self.pending.pop_front() {
+            let (block, data) = match reader.pending.pop_front() {
                 Some(Piece::Data { block, data }) => (block, data),
                 Some(Piece::End) => return Ok(list),
                 Some(Piece::Failed(error)) => return Err(error),
@@ -480,7 +513,7 @@ impl Writer<'_> {
             drop(blocks);
             // A full spare queue just means the buffer is freed.
             if data.capacity() >= BLOCK_SIZE_USIZE * 256 {
-                let _ = self.spare.try_send(data);
+                let _ = self.readers[r].spare.try_send(data);
             }
         }
     }
