@@ -1,9 +1,10 @@
 //! The write pass: one walk over the inodes in number order, allocating and writing
 //! each one's blocks, then the inode tables, bitmaps, descriptors and superblocks.
 //!
-//! File data is read ahead by two threads (files dealt in turn) in 1 MiB chunks, taken in the order the files
-//! are written, so reading overlaps writing; all-zero blocks become holes; consecutive
-//! blocks are coalesced into large positioned writes. Inode table blocks are written
+//! File data is read ahead by two threads (files dealt in turn) in 1 MiB chunks and
+//! taken in the order the files are written, so reading overlaps writing; all-zero
+//! blocks become holes; consecutive blocks are coalesced into large positioned writes
+//! done by a third thread. Inode table blocks are written
 //! as soon as a group's inodes are done, so memory stays bounded by one group's
 //! table and one directory.
 //!
