@@ -357,3 +357,23 @@ fn a_lost_and_found_from_the_tree_is_used_as_is() {
     let text = String::from_utf8_lossy(&out.stdout);
     assert!(text.contains("Inode: 11 ") && text.contains("Size: 16384"), "{text}");
 }
+
+#[test]
+#[cfg_attr(not(any(ci, have_e2fsck)), ignore = "needs e2fsck (package e2fsprogs)")]
+fn more_than_65000_subdirectories_use_dir_nlink() {
+    let dir = scratch();
+    let image = dir.path().join("nlink.img");
+    let mut tree = FileTree::new(meta(0o755));
+    let root = tree.root();
+    let parent = tree.add(root, b"parent", abforge_tests::ext4::dir(0o755)).unwrap();
+    for i in 0..65_001 {
+        tree.add(parent, format!("d{i}").as_bytes(), abforge_tests::ext4::dir(0o755)).unwrap();
+    }
+    let size = ext4::min_size(&tree, &options()).unwrap();
+    write_image(&tree, &options(), &image, size).unwrap();
+    assert_e2fsck_clean(&image);
+    let out = run_ok(Command::new(tool("debugfs")).args(["-R", "stat /parent"]).arg(&image));
+    let text = String::from_utf8_lossy(&out.stdout);
+    // 2 + 65001 does not fit ext4's limit: the count is 1, "many" (dir_nlink).
+    assert!(text.contains("Links: 1 "), "{text}");
+}
