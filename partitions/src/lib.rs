@@ -4,6 +4,7 @@
 //! This crate reads no file named by a user: callers hand it byte sinks and
 //! file trees. `builder` is the only crate that opens manifest paths.
 
+pub mod ext4;
 pub mod fat;
 pub mod gpt;
 pub mod guid;

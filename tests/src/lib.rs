@@ -94,3 +94,4 @@ pub fn sha256_file(path: &Path) -> String {
     let out = run_ok(Command::new("sha256sum").arg(path));
     String::from_utf8_lossy(&out.stdout).split_whitespace().next().unwrap_or_default().to_string()
 }
+pub mod ext4;

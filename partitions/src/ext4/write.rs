@@ -1,0 +1,640 @@
+//! The write pass: one walk over the inodes in number order, allocating and writing
+//! each one's blocks, then the inode tables, bitmaps, descriptors and superblocks.
+//!
+//! File data is read ahead by two threads (files dealt in turn) in 1 MiB chunks and
+//! taken in the order the files are written, so reading overlaps writing; all-zero
+//! blocks become holes; consecutive blocks are coalesced into large positioned writes
+//! done by a third thread. Inode table blocks are written
+//! as soon as a group's inodes are done, so memory stays bounded by one group's
+//! table and one directory.
+//!
+//! Why the plan's margin is enough: a hole found in a file only ever replaces a data
+//! block with at most one more extent, and one more extent adds at most one tree
+//! block below 1361 extents and two or three above; reserved ranges split at most
+//! one extent each.
+
+use super::extent::{self, ExtentList};
+use super::group::{self, GroupDesc};
+use super::inode::{self, Inode};
+use super::plan::{self, CHUNK_BLOCKS, Entry, Geometry, Plan, Source};
+use super::superblock::{SUPERBLOCK_OFFSET, SuperblockFields};
+use super::{BLOCK_SIZE, BLOCK_SIZE_USIZE, BLOCKS_PER_GROUP, Ext4Error, Ext4Options, Ext4Summary};
+use super::{FIRST_INO, INODE_SIZE, JOURNAL_INO, ROOT_INO};
+use super::{checksum, dir, journal, xattr};
+use crate::FileRegion;
+use crate::tree::{Content, NodeKind};
+use std::collections::VecDeque;
+use std::sync::mpsc::{Receiver, SyncSender, sync_channel};
+
+/// Threads reading file content ahead (files are dealt to them in turn).
+const READERS: usize = 2;
+
+/// Batches each reader thread may have in flight.
+const READ_AHEAD: usize = 8;
+
+/// Coalesced buffers queued for the writer thread.
+const WRITES_IN_FLIGHT: usize = 4;
+
+/// Largest coalesced write.
+const WRITE_BUFFER: usize = 4 << 20;
+
+/// Coalesces writes of consecutive blocks and hands full buffers to the writer
+/// thread, so checking and copying overlap with the kernel's write.
+struct BlockWriter {
+    start: u64,
+    buf: Vec<u8>,
+    to_disk: SyncSender<(u64, Vec<u8>)>,
+    spare: Receiver<Vec<u8>>,
+}
+
+impl BlockWriter {
+    fn write(&mut self, block: u64, data: &[u8]) -> Result<(), Ext4Error> {
+        let pending_blocks = (self.buf.len() / BLOCK_SIZE_USIZE) as u64;
+        if !self.buf.is_empty()
+            && (self.start + pending_blocks != block || self.buf.len() + data.len() > WRITE_BUFFER)
+        {
+            self.flush()?;
+        }
+        if self.buf.is_empty() {
+            self.start = block;
+        }
+        self.buf.extend_from_slice(data);
+        Ok(())
+    }
+
+    /// Like `write`, but all-zero blocks are skipped (they read as zeros already).
+    fn write_sparse(&mut self, block: u64, data: &[u8]) -> Result<(), Ext4Error> {
+        for (i, chunk) in data.chunks(BLOCK_SIZE_USIZE).enumerate() {
+            if !plan::is_zero(chunk) {
+                self.write(block + i as u64, chunk)?;
+            }
+        }
+        Ok(())
+    }
+
+    fn flush(&mut self) -> Result<(), Ext4Error> {
+        if self.buf.is_empty() {
+            return Ok(());
+        }
+        let next = self.spare.try_recv().unwrap_or_else(|_| Vec::with_capacity(WRITE_BUFFER));
+        let full = std::mem::replace(&mut self.buf, next);
+        // The writer thread only hangs up after a failed write, which it reports itself.
+        self.to_disk.send((self.start, full)).map_err(|_| Ext4Error::Write {
+            block: self.start,
+            source: std::io::Error::other("the writer thread stopped"),
+        })
+    }
+}
+
+/// The writer thread: positioned writes of coalesced buffers, in order.
+fn write_to_disk(
+    region: FileRegion<'_>,
+    buffers: Receiver<(u64, Vec<u8>)>,
+    spare: SyncSender<Vec<u8>>,
+) -> Result<(), Ext4Error> {
+    for (block, mut data) in buffers {
+        region
+            .write_all_at(&data, block * BLOCK_SIZE)
+            .map_err(|source| Ext4Error::Write { block, source })?;
+        data.clear();
+        let _ = spare.try_send(data);
+    }
+    Ok(())
+}
+
+/// Fills inode tables group by group, in increasing inode order.
+struct InodeTables {
+    group: u32,
+    buf: Vec<u8>,
+}
+
+struct Writer<'p> {
+    plan: &'p Plan<'p>,
+    geometry: Geometry,
+    opts: &'p Ext4Options,
+    out: BlockWriter,
+    tables: InodeTables,
+    fs_seed: u32,
+    /// The reader threads; file k (counting files in inode order) comes from reader
+    /// k % READERS.
+    readers: Vec<ReaderLink>,
+    /// Files written so far.
+    files_done: usize,
+}
+
+/// The writer's end of one reader thread.
+struct ReaderLink {
+    /// Batches of pieces, in the order of that reader's files.
+    pieces: Receiver<Vec<Piece>>,
+    /// Pieces received but not used yet.
+    pending: VecDeque<Piece>,
+    /// Buffers handed back to the reader for reuse.
+    spare: SyncSender<Vec<u8>>,
+}
+
+/// A piece of file content from the reader thread.
+enum Piece {
+    /// Blocks of the current file from logical block `block`.
+    Data {
+        block: u64,
+        data: Vec<u8>,
+    },
+    /// The current file is complete.
+    End,
+    Failed(Ext4Error),
+}
+
+/// Pieces sent together once they hold this many bytes, so small files do not
+/// cost a thread wake-up each.
+const BATCH_BYTES: usize = 1 << 20;
+
+/// Batches pieces for the writer; `None` once the writer has hung up.
+struct Batcher<'a> {
+    out: &'a SyncSender<Vec<Piece>>,
+    batch: Vec<Piece>,
+    bytes: usize,
+}
+
+impl Batcher<'_> {
+    fn push(&mut self, piece: Piece) -> Option<()> {
+        let urgent = matches!(piece, Piece::Failed(_));
+        if let Piece::Data { data, .. } = &piece {
+            self.bytes += data.len();
+        }
+        self.batch.push(piece);
+        if urgent || self.bytes >= BATCH_BYTES || self.batch.len() >= 1024 {
+            self.flush()?;
+        }
+        Some(())
+    }
+
+    fn flush(&mut self) -> Option<()> {
+        self.bytes = 0;
+        if self.batch.is_empty() {
+            return Some(());
+        }
+        self.out.send(std::mem::take(&mut self.batch)).ok()
+    }
+}
+
+/// Reads the data ranges of every READERS-th file (starting at file `which`), in
+/// inode order, a chunk at a time, so reading overlaps with checking and writing.
+/// Stops when the writer hangs up.
+fn read_ahead(
+    plan: &Plan<'_>,
+    which: usize,
+    out: &SyncSender<Vec<Piece>>,
+    spare: &Receiver<Vec<u8>>,
+) {
+    let mut batcher = Batcher { out, batch: Vec::new(), bytes: 0 };
+    let files = plan.entries.iter().filter_map(|entry| match entry.source {
+        Source::Node(id) => match &plan.tree.node(id).kind {
+            NodeKind::File(content) => Some((entry, content)),
+            _ => None,
+        },
+        _ => None,
+    });
+    for (entry, content) in files.skip(which).step_by(READERS) {
+        if read_file(entry, content, &mut batcher, spare).is_none() {
+            return;
+        }
+    }
+    let _ = batcher.flush();
+}
+
+/// `None` when the writer is gone or the file failed (the failure was sent).
+fn read_file(
+    entry: &Entry,
+    content: &Content,
+    out: &mut Batcher<'_>,
+    spare: &Receiver<Vec<u8>>,
+) -> Option<()> {
+    let path = entry.path_string();
+    let runs = match plan::data_block_runs(content, &path) {
+        Ok(runs) => runs,
+        Err(error) => {
+            out.push(Piece::Failed(error));
+            return None;
+        }
+    };
+    for run in runs {
+        let mut block = run.start;
+        while block < run.end {
+            let n = (run.end - block).min(CHUNK_BLOCKS);
+            // n ≤ 256, so the byte count fits a usize.
+            let len = BLOCK_SIZE_USIZE * usize::try_from(n).unwrap_or(256);
+            // Full-size chunk buffers are recycled; small ones come from the allocator.
+            let mut data = if n == CHUNK_BLOCKS {
+                spare.try_recv().unwrap_or_default()
+            } else {
+                Vec::with_capacity(len)
+            };
+            data.resize(len, 0);
+            if let Err(source) = content.read_exact_at(&mut data, block * BLOCK_SIZE) {
+                let error = Ext4Error::Content { path, source_name: content.describe(), source };
+                out.push(Piece::Failed(error));
+                return None;
+            }
+            out.push(Piece::Data { block, data })?;
+            block += n;
+        }
+    }
+    out.push(Piece::End)
+}
+
+pub(crate) fn write(
+    plan: &Plan<'_>,
+    geometry: Geometry,
+    opts: &Ext4Options,
+    region: FileRegion<'_>,
+) -> Result<Ext4Summary, Ext4Error> {
+    std::thread::scope(|scope| {
+        let mut readers = Vec::with_capacity(READERS);
+        for which in 0..READERS {
+            let (piece_tx, piece_rx) = sync_channel(READ_AHEAD);
+            let (spare_tx, spare_rx) = sync_channel(READ_AHEAD + 2);
+            scope.spawn(move || read_ahead(plan, which, &piece_tx, &spare_rx));
+            readers.push(ReaderLink {
+                pieces: piece_rx,
+                pending: VecDeque::new(),
+                spare: spare_tx,
+            });
+        }
+        let (disk_tx, disk_rx) = sync_channel(WRITES_IN_FLIGHT);
+        let (buffer_tx, buffer_rx) = sync_channel(WRITES_IN_FLIGHT + 2);
+        let disk = scope.spawn(move || write_to_disk(region, disk_rx, buffer_tx));
+        let result = (|| {
+            let mut writer = Writer {
+                plan,
+                geometry,
+                opts,
+                out: BlockWriter {
+                    start: 0,
+                    buf: Vec::with_capacity(WRITE_BUFFER),
+                    to_disk: disk_tx,
+                    spare: buffer_rx,
+                },
+                tables: InodeTables { group: 0, buf: Vec::new() },
+                fs_seed: checksum::fs_seed(&opts.uuid.to_rfc_bytes()),
+                readers,
+                files_done: 0,
+            };
+            for entry in &plan.entries {
+                let inode = writer.inode(entry)?;
+                let bytes = inode.encode(entry.ino, writer.fs_seed);
+                writer.put_inode(entry.ino, &bytes)?;
+            }
+            writer.flush_inode_table()?;
+            // Consuming the writer hangs up on both threads (also on an early error).
+            writer.finish()
+        })();
+        let written = disk.join().unwrap_or_else(|_| {
+            Err(Ext4Error::Write {
+                block: 0,
+                source: std::io::Error::other("the writer thread panicked"),
+            })
+        });
+        // A failed write is the root cause of whatever the main loop reported.
+        written.and(result)
+    })
+}
+
+impl Writer<'_> {
+    fn alloc(&mut self, max: u64, entry: &Entry) -> Result<std::ops::Range<u64>, Ext4Error> {
+        self.geometry
+            .allocator
+            .alloc(max)
+            .ok_or_else(|| Ext4Error::OutOfSpace { path: entry.path_string() })
+    }
+
+    /// Allocates and writes `blocks` (whole blocks, logical from 0) as the body of a
+    /// directory or slow symlink.
+    fn write_body(&mut self, entry: &Entry, blocks: &[Vec<u8>]) -> Result<ExtentList, Ext4Error> {
+        let mut list = ExtentList::default();
+        let mut done = 0usize;
+        while done < blocks.len() {
+            let run = self.alloc((blocks.len() - done) as u64, entry)?;
+            for (i, block) in (run.start..run.end).enumerate() {
+                self.out.write(block, &blocks[done + i])?;
+            }
+            list.push(done as u64, run.start, run.end - run.start);
+            done += usize::try_from(run.end - run.start).unwrap_or(usize::MAX);
+        }
+        Ok(list)
+    }
+
+    /// Allocates the extent tree blocks of `list`, writes them, and fills the inode.
+    fn finish_extents(
+        &mut self,
+        entry: &Entry,
+        list: &ExtentList,
+        inode: &mut Inode,
+    ) -> Result<(), Ext4Error> {
+        let count = extent::tree_blocks(list.extents.len() as u64);
+        let mut numbers = Vec::with_capacity(usize::try_from(count).unwrap_or(0));
+        for _ in 0..count {
+            numbers.push(self.alloc(1, entry)?.start);
+        }
+        let (root, tree_blocks) = extent::build(&list.extents, &numbers, entry.ino, self.fs_seed);
+        for (number, block) in &tree_blocks {
+            self.out.write(*number, block)?;
+        }
+        inode.i_block = root;
+        inode.flags |= inode::EXTENTS_FL;
+        inode.fs_blocks += list.blocks + count;
+        Ok(())
+    }
+
+    fn inode(&mut self, entry: &Entry) -> Result<Inode, Ext4Error> {
+        match entry.source {
+            Source::LostFound => {
+                let mut inode = Inode::new(inode::S_IFDIR | 0o700, 0, 0, self.opts.timestamp);
+                let blocks = dir::encode(entry.ino, ROOT_INO, &[], 4, self.fs_seed);
+                inode.size = blocks.len() as u64 * BLOCK_SIZE;
+                inode.links = 2;
+                let list = self.write_body(entry, &blocks)?;
+                self.finish_extents(entry, &list, &mut inode)?;
+                Ok(inode)
+            }
+            Source::Journal => {
+                let mut inode = Inode::new(inode::S_IFREG | 0o600, 0, 0, self.opts.timestamp);
+                let Some((list, tree)) = self.geometry.journal.clone() else {
+                    return Err(Ext4Error::OutOfSpace { path: entry.path_string() });
+                };
+                let first = list.extents.first().map_or(0, |e| e.physical);
+                self.out.write(
+                    first,
+                    &journal::superblock(super::le::lo32(list.blocks), self.opts.uuid),
+                )?;
+                let (root, tree_blocks) =
+                    extent::build(&list.extents, &tree, JOURNAL_INO, self.fs_seed);
+                for (number, block) in &tree_blocks {
+                    self.out.write(*number, block)?;
+                }
+                inode.i_block = root;
+                inode.flags = inode::EXTENTS_FL;
+                inode.size = list.blocks * BLOCK_SIZE;
+                inode.fs_blocks = list.blocks + tree.len() as u64;
+                Ok(inode)
+            }
+            Source::Node(id) => self.node_inode(entry, id),
+        }
+    }
+
+    fn node_inode(&mut self, entry: &Entry, id: crate::tree::NodeId) -> Result<Inode, Ext4Error> {
+        let plan = self.plan;
+        let node = plan.tree.node(id);
+        let meta = &node.meta;
+        let type_bits = match &node.kind {
+            NodeKind::Directory(_) => inode::S_IFDIR,
+            NodeKind::File(_) => inode::S_IFREG,
+            NodeKind::Symlink(_) => inode::S_IFLNK,
+            NodeKind::CharDevice { .. } => inode::S_IFCHR,
+            NodeKind::BlockDevice { .. } => inode::S_IFBLK,
+            NodeKind::Fifo => inode::S_IFIFO,
+            NodeKind::Socket => inode::S_IFSOCK,
+        };
+        let mut inode =
+            Inode::new(type_bits | (meta.permissions & 0o7777), meta.uid, meta.gid, meta.mtime);
+        // Directories with more than 65000 subdirectories count 1 (dir_nlink).
+        inode.links = u16::try_from(entry.links).ok().filter(|&l| l <= 65000).unwrap_or(1);
+
+        // Validated by the plan; the errors cannot happen here.
+        let path = entry.path_string();
+        let attrs = xattr::prepare(&meta.xattrs)
+            .map_err(|_| Ext4Error::XattrsTooLarge { path: path.clone() })?;
+        let (in_inode, in_block) =
+            xattr::place(attrs).map_err(|_| Ext4Error::XattrsTooLarge { path: path.clone() })?;
+        inode.xattr_area = xattr::encode_in_inode(&in_inode);
+        if !in_block.is_empty() {
+            let block = self.alloc(1, entry)?.start;
+            let bytes = xattr::encode_block(&in_block, block, self.fs_seed);
+            self.out.write(block, &bytes)?;
+            inode.xattr_block = block;
+            inode.fs_blocks += 1;
+        }
+
+        match &node.kind {
+            NodeKind::Directory(children) => {
+                let mut entries: Vec<dir::DirEntry<'_>> = Vec::with_capacity(children.len() + 1);
+                if entry.ino == ROOT_INO && plan.made_lost_found {
+                    entries.push(dir::DirEntry {
+                        name: b"lost+found",
+                        ino: FIRST_INO,
+                        file_type: dir::FT_DIR,
+                    });
+                }
+                for (name, child) in children {
+                    let file_type = match &plan.tree.node(*child).kind {
+                        NodeKind::Directory(_) => dir::FT_DIR,
+                        NodeKind::File(_) => dir::FT_REG,
+                        NodeKind::Symlink(_) => dir::FT_SYMLINK,
+                        NodeKind::CharDevice { .. } => dir::FT_CHR,
+                        NodeKind::BlockDevice { .. } => dir::FT_BLK,
+                        NodeKind::Fifo => dir::FT_FIFO,
+                        NodeKind::Socket => dir::FT_SOCK,
+                    };
+                    entries.push(dir::DirEntry {
+                        name,
+                        ino: plan.node_ino[child.index()],
+                        file_type,
+                    });
+                }
+                let min_blocks = if entry.ino == FIRST_INO { 4 } else { 1 };
+                let blocks =
+                    dir::encode(entry.ino, entry.parent, &entries, min_blocks, self.fs_seed);
+                inode.size = blocks.len() as u64 * BLOCK_SIZE;
+                let list = self.write_body(entry, &blocks)?;
+                self.finish_extents(entry, &list, &mut inode)?;
+            }
+            NodeKind::File(content) => {
+                inode.size = content.len();
+                let list = self.write_file(entry)?;
+                self.finish_extents(entry, &list, &mut inode)?;
+            }
+            NodeKind::Symlink(target) => {
+                inode.size = target.len() as u64;
+                if target.len() < 60 {
+                    inode.i_block[..target.len()].copy_from_slice(target);
+                } else {
+                    let mut block = vec![0u8; BLOCK_SIZE_USIZE];
+                    block[..target.len()].copy_from_slice(target);
+                    let list = self.write_body(entry, &[block])?;
+                    self.finish_extents(entry, &list, &mut inode)?;
+                }
+            }
+            NodeKind::CharDevice { major, minor } | NodeKind::BlockDevice { major, minor } => {
+                inode.i_block = inode::device_i_block(*major, *minor);
+            }
+            NodeKind::Fifo | NodeKind::Socket => {}
+        }
+        Ok(inode)
+    }
+
+    /// Takes a file's content from the reader thread, skipping all-zero blocks.
+    fn write_file(&mut self, entry: &Entry) -> Result<ExtentList, Ext4Error> {
+        let mut list = ExtentList::default();
+        let r = self.files_done % READERS;
+        self.files_done += 1;
+        loop {
+            let reader = &mut self.readers[r];
+            if reader.pending.is_empty() {
+                match reader.pieces.recv() {
+                    Ok(batch) => reader.pending.extend(batch),
+                    Err(_) => return Err(Ext4Error::ReaderStopped { path: entry.path_string() }),
+                }
+            }
+            let (block, data) = match reader.pending.pop_front() {
+                Some(Piece::Data { block, data }) => (block, data),
+                Some(Piece::End) => return Ok(list),
+                Some(Piece::Failed(error)) => return Err(error),
+                None => continue,
+            };
+            let blocks: Vec<&[u8]> = data.chunks_exact(BLOCK_SIZE_USIZE).collect();
+            let mut i = 0;
+            while i < blocks.len() {
+                if plan::is_zero(blocks[i]) {
+                    i += 1;
+                    continue;
+                }
+                let mut j = i + 1;
+                while j < blocks.len() && !plan::is_zero(blocks[j]) {
+                    j += 1;
+                }
+                // Blocks i..j hold data: allocate (maybe in pieces) and write.
+                while i < j {
+                    let run = self.alloc((j - i) as u64, entry)?;
+                    let len = usize::try_from(run.end - run.start).unwrap_or(0);
+                    list.push(block + i as u64, run.start, run.end - run.start);
+                    let start = i * BLOCK_SIZE_USIZE;
+                    self.out.write(run.start, &data[start..start + len * BLOCK_SIZE_USIZE])?;
+                    i += len;
+                }
+            }
+            drop(blocks);
+            // A full spare queue just means the buffer is freed.
+            if data.capacity() >= BLOCK_SIZE_USIZE * 256 {
+                let _ = self.readers[r].spare.try_send(data);
+            }
+        }
+    }
+
+    fn put_inode(&mut self, ino: u32, bytes: &[u8; INODE_SIZE]) -> Result<(), Ext4Error> {
+        let ipg = self.geometry.inodes_per_group;
+        let group = (ino - 1) / ipg;
+        if group != self.tables.group {
+            self.flush_inode_table()?;
+            self.tables.group = group;
+        }
+        let index = usize::try_from((ino - 1) % ipg).unwrap_or(0);
+        let end = (index + 1) * INODE_SIZE;
+        if self.tables.buf.len() < end {
+            self.tables.buf.resize(end.div_ceil(BLOCK_SIZE_USIZE) * BLOCK_SIZE_USIZE, 0);
+        }
+        self.tables.buf[index * INODE_SIZE..end].copy_from_slice(bytes);
+        Ok(())
+    }
+
+    fn flush_inode_table(&mut self) -> Result<(), Ext4Error> {
+        let start = self.geometry.inode_tables[usize::try_from(self.tables.group).unwrap_or(0)];
+        let buf = std::mem::take(&mut self.tables.buf);
+        self.out.write_sparse(start, &buf)?;
+        Ok(())
+    }
+
+    fn finish(mut self) -> Result<Ext4Summary, Ext4Error> {
+        let geometry = &self.geometry;
+        let used = geometry.allocator.used_ranges();
+        let per_group = u64::from(BLOCKS_PER_GROUP);
+        let ipg = geometry.inodes_per_group;
+        let mut dirs_per_group = vec![0u32; usize::try_from(geometry.groups).unwrap_or(0)];
+        for entry in self.plan.entries.iter().filter(|e| e.is_dir) {
+            dirs_per_group[usize::try_from((entry.ino - 1) / ipg).unwrap_or(0)] += 1;
+        }
+        let mut descs = Vec::with_capacity(dirs_per_group.len() * super::DESC_SIZE);
+        let mut cursor = 0;
+        let (mut free_blocks, mut free_inodes) = (0u64, 0u64);
+        let mut writes: Vec<(u64, Vec<u8>)> = Vec::new();
+        for g in 0..geometry.groups {
+            let gi = usize::try_from(g).unwrap_or(0);
+            let first = u64::from(g) * per_group;
+            let in_group = (geometry.blocks - first).min(per_group);
+            let (block_bitmap, used_blocks) = group::block_bitmap(g, in_group, &used, &mut cursor);
+            let used_inodes = self.plan.last_ino.saturating_sub(g * ipg).min(ipg);
+            let inode_bitmap = group::inode_bitmap(used_inodes, ipg);
+            let desc = GroupDesc {
+                block_bitmap: geometry.block_bitmaps[gi],
+                inode_bitmap: geometry.inode_bitmaps[gi],
+                inode_table: geometry.inode_tables[gi],
+                free_blocks: u32::try_from(in_group - used_blocks).unwrap_or(0),
+                free_inodes: ipg - used_inodes,
+                used_dirs: dirs_per_group[gi],
+                block_bitmap_csum: group::block_bitmap_csum(&block_bitmap, self.fs_seed),
+                inode_bitmap_csum: group::inode_bitmap_csum(&inode_bitmap, ipg, self.fs_seed),
+            };
+            free_blocks += in_group - used_blocks;
+            free_inodes += u64::from(ipg - used_inodes);
+            descs.extend_from_slice(&desc.encode(g, self.fs_seed));
+            writes.push((geometry.block_bitmaps[gi], block_bitmap));
+            writes.push((geometry.inode_bitmaps[gi], inode_bitmap));
+        }
+        for (block, bytes) in writes {
+            self.out.write_sparse(block, &bytes)?;
+        }
+        descs.resize(usize::try_from(geometry.gdt_blocks).unwrap_or(0) * BLOCK_SIZE_USIZE, 0);
+        let inodes_count = u64::from(ipg) * u64::from(geometry.groups);
+        let journal_backup = geometry.journal.as_ref().map(|(list, tree)| {
+            let (root, _) = extent::build(&list.extents, tree, JOURNAL_INO, self.fs_seed);
+            let mut words = [0u32; 17];
+            for (i, word) in words.iter_mut().take(15).enumerate() {
+                *word = super::le::get_u32(&root, 4 * i);
+            }
+            words[15] = super::le::hi32(list.blocks * BLOCK_SIZE);
+            words[16] = super::le::lo32(list.blocks * BLOCK_SIZE);
+            words
+        });
+        let mut label = [0u8; 16];
+        label[..self.opts.label.len()].copy_from_slice(self.opts.label.as_bytes());
+        let fields = SuperblockFields {
+            inodes_count: u32::try_from(inodes_count).unwrap_or(u32::MAX),
+            blocks_count: geometry.blocks,
+            free_blocks,
+            free_inodes: u32::try_from(free_inodes).unwrap_or(0),
+            inodes_per_group: ipg,
+            uuid: self.opts.uuid,
+            hash_seed: self.opts.hash_seed,
+            label,
+            time: self.opts.timestamp.seconds,
+            log_groups_per_flex: log_groups_per_flex(geometry.groups),
+            journal_backup,
+        };
+        for &g in &geometry.backup_groups.clone() {
+            let first = u64::from(g) * per_group;
+            let sb = fields.encode(u16::try_from(g).unwrap_or(u16::MAX));
+            let mut block0 = vec![0u8; BLOCK_SIZE_USIZE];
+            // The primary sits at byte 1024 of block 0; copies at byte 0 of their group.
+            let at = if g == 0 { usize::try_from(SUPERBLOCK_OFFSET).unwrap_or(1024) } else { 0 };
+            block0[at..at + sb.len()].copy_from_slice(&sb);
+            self.out.write(first, &block0)?;
+            self.out.write(first + 1, &descs)?;
+        }
+        self.out.flush()?;
+        let geometry = &self.geometry;
+        Ok(Ext4Summary {
+            block_size: BLOCK_SIZE,
+            block_count: geometry.blocks,
+            free_blocks,
+            used_bytes: (geometry.blocks - free_blocks) * BLOCK_SIZE,
+            inode_count: inodes_count,
+            used_inodes: inodes_count - free_inodes,
+            journal_blocks: geometry.journal.as_ref().map_or(0, |(list, _)| list.blocks),
+        })
+    }
+}
+
+/// s_log_groups_per_flex: all groups' metadata is packed at the start, so one flex
+/// group spans them all (at least 16 groups, as mke2fs uses).
+fn log_groups_per_flex(groups: u32) -> u8 {
+    let bits = u32::BITS - groups.saturating_sub(1).leading_zeros();
+    u8::try_from(bits.max(4)).unwrap_or(31)
+}
