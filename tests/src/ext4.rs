@@ -57,7 +57,11 @@ impl ContentSource for Pattern {
         Ok(n)
     }
     fn data_ranges(&self) -> io::Result<Vec<Range<u64>>> {
-        if self.dense { Ok(vec![0..self.len]) } else { Ok(self.ranges.clone()) }
+        if self.dense {
+            Ok(std::iter::once(0..self.len).collect())
+        } else {
+            Ok(self.ranges.clone())
+        }
     }
     fn describe(&self) -> String {
         format!("pattern {}", self.seed)
