@@ -211,7 +211,8 @@ fn zero_blocks_are_counted_exactly_when_the_bound_does_not_fit() {
     let mut tree = FileTree::new(meta(0o755));
     let root = tree.root();
     // 64 MiB advertised as data, but only the first block is not zero.
-    let pattern = Pattern { len: 64 * MIB, ranges: Vec::from([0..10]), seed: 4, dense: true };
+    let pattern =
+        Pattern { len: 64 * MIB, ranges: std::iter::once(0..10).collect(), seed: 4, dense: true };
     tree.add(root, b"mostly-zero", pattern_file(pattern)).unwrap();
     let bound = ext4::min_size(&tree, &options()).unwrap();
     assert!(bound > 64 * MIB);
