@@ -10,10 +10,12 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use abforge_partitions::FileRegion;
+use abforge_partitions::ext4::{self, Ext4Options};
 use abforge_partitions::fat::{self, FatOptions};
 use abforge_partitions::gpt::{GptLayout, PartitionEntry, SECTOR_SIZE};
 use abforge_partitions::tree::Timestamp;
-use anyhow::{Context as _, bail};
+use abforge_partitions::tree::{FileTree, Metadata};
+use anyhow::Context as _;
 use rayon::prelude::*;
 use sha2::{Digest, Sha256};
 
@@ -24,15 +26,17 @@ use crate::container::{
     ComposedDisk, ContainerFormat, Segment, is_zero, write_atomically, write_container,
 };
 use crate::inputs::Inputs;
-use crate::manifest::{FilesystemKind, ImageFormat};
-use crate::plan::{Plan, PlannedPartition};
-use crate::report::{ImageReport, Report};
+use crate::manifest::{FilesystemKind, ImageFormat, VerityMode};
+use crate::plan::{Plan, PlannedPartition, verity_geometry};
+use crate::report::{ImageReport, Report, VerityReport};
+use abforge_verity::VerityParams;
 
 /// What building one partition produced, for the report.
 #[derive(Debug, Default, Clone)]
 struct Produced {
     label: Option<String>,
     fs_id: Option<String>,
+    verity: Option<VerityReport>,
 }
 
 /// Paths of a finished build.
@@ -90,6 +94,7 @@ pub fn build(plan: &Plan, inputs: &Inputs, out_dir: &Path) -> anyhow::Result<Bui
     for (entry, produced) in report.partitions.iter_mut().zip(produced) {
         entry.label = produced.label;
         entry.fs_id = produced.fs_id;
+        report.verity.extend(produced.verity);
     }
     let written = write_atomically(&report_path, |file| {
         use std::io::Write;
@@ -126,17 +131,12 @@ fn produce(
     partition: &PlannedPartition,
     region: FileRegion<'_>,
 ) -> anyhow::Result<Produced> {
-    match partition.filesystem {
-        FilesystemKind::None => Ok(Produced::default()),
+    let empty =
+        FileTree::new(Metadata::new(0o755, 0, 0, Timestamp::from_seconds(plan.source_date_epoch)));
+    let tree = inputs.tree_for(partition).unwrap_or(&empty);
+    let mut produced = match partition.filesystem {
+        FilesystemKind::None => Produced::default(),
         FilesystemKind::Vfat => {
-            let empty;
-            let tree = match inputs.trees.get(&partition.index) {
-                Some(tree) => tree,
-                None => {
-                    empty = abforge_partitions::tree::FileTree::new(Default::default());
-                    &empty
-                }
-            };
             let volume_id = plan.seed.fat_volume_id(&partition.template);
             let label = fat_label(&partition.label);
             let options = FatOptions {
@@ -145,11 +145,93 @@ fn produce(
                 timestamp: Timestamp::from_seconds(plan.source_date_epoch),
                 hidden_sectors: u32::try_from(partition.offset / SECTOR_SIZE).unwrap_or(u32::MAX),
             };
-            fat::write_fat(tree, &options, region)?;
-            Ok(Produced { label: Some(label), fs_id: Some(format!("{volume_id:08x}")) })
+            fat::write_fat(tree, &options, region.sub(0, partition.fs_size)?)?;
+            Produced { label: Some(label), fs_id: Some(format!("{volume_id:08x}")), verity: None }
         }
-        FilesystemKind::Ext4 => bail!("ext4 is not supported yet"),
+        FilesystemKind::Ext4 => {
+            let options = ext4_options(plan, partition);
+            ext4::write(tree, &options, region.sub(0, partition.fs_size)?)?;
+            Produced {
+                label: Some(options.label),
+                fs_id: Some(options.uuid.to_string()),
+                verity: None,
+            }
+        }
+    };
+    if partition.verity == VerityMode::Appended {
+        produced.verity = Some(append_verity(plan, partition, region)?);
     }
+    Ok(produced)
+}
+
+/// The dm-verity parameters of a partition's tree: salt and superblock UUID from
+/// the seed and the manifest name (not the slot), so a root partition is the same
+/// bytes in either slot and its root hash describes the release.
+pub fn verity_params(plan: &Plan, partition: &PlannedPartition) -> VerityParams {
+    let mut params = verity_geometry();
+    params.salt = plan.seed.derive("verity-salt", &partition.template).to_vec();
+    params.uuid = plan.seed.derive_guid("verity-uuid", &partition.template).to_rfc_bytes();
+    params
+}
+
+/// Hashes the file system of `partition` and writes the tree after it, in the
+/// same partition (the superblock at `fs_size`, as veritysetup `--hash-offset`).
+fn append_verity(
+    plan: &Plan,
+    partition: &PlannedPartition,
+    region: FileRegion<'_>,
+) -> anyhow::Result<VerityReport> {
+    let params = verity_params(plan, partition);
+    let data_blocks = partition.fs_size / u64::from(params.data_block_size);
+    let file = region.file();
+    let output = abforge_verity::format(
+        file,
+        region.offset(),
+        data_blocks,
+        file,
+        region.offset() + partition.fs_size,
+        &params,
+    )
+    .with_context(|| format!("computing the verity tree of partition '{}'", partition.name))?;
+    Ok(VerityReport {
+        partition: partition.name.clone(),
+        slot: partition.slot.clone(),
+        root_hash: hex(&output.root_hash),
+        salt: hex(&params.salt),
+        hash_algorithm: params.algorithm.name().to_string(),
+        data_block_size: params.data_block_size,
+        hash_block_size: params.hash_block_size,
+        data_blocks,
+        hash_offset: partition.fs_size,
+    })
+}
+
+/// The ext4 options of a partition. Identities derive from the manifest name, not
+/// the slot, for the same reason as the verity salt.
+pub fn ext4_options(plan: &Plan, partition: &PlannedPartition) -> Ext4Options {
+    Ext4Options {
+        label: ext4_label(&partition.label),
+        uuid: plan.seed.derive_guid("ext4-uuid", &partition.template),
+        hash_seed: plan.seed.derive_guid("ext4-hash-seed", &partition.template),
+        timestamp: Timestamp::from_seconds(plan.source_date_epoch),
+        journal: partition.journal,
+        // Read-write partitions get mke2fs's inode density; read-only ones just
+        // what their tree needs.
+        inode_ratio: if partition.read_only { None } else { Some(16384) },
+        ..Ext4Options::default()
+    }
+}
+
+/// An ext4 label: at most 16 bytes, cut at a character boundary.
+fn ext4_label(label: &str) -> String {
+    let mut out = String::new();
+    for c in label.chars() {
+        if out.len() + c.len_utf8() > 16 {
+            break;
+        }
+        out.push(c);
+    }
+    out
 }
 
 /// One unlinked, sparse scratch file per partition, in the output directory (so

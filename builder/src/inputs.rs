@@ -1,110 +1,184 @@
 //! The checks of a plan that need the disk, run before any byte is written: every
-//! source exists and can be read, and every file system is big enough for its
-//! contents. The trees loaded here are the ones the build writes, so each source
-//! is read once.
+//! source exists and can be read, `size: auto` partitions are measured, and every
+//! file system is big enough for its contents. The trees loaded here are the ones
+//! the build writes, so each source is read once.
 
-use std::collections::BTreeMap;
-use std::path::Path;
+use std::collections::{BTreeMap, HashMap};
 
-use abforge_partitions::fat;
 use abforge_partitions::tree::FileTree;
+use abforge_partitions::{ext4, fat};
 
-use crate::manifest::{FilesystemKind, ManifestError, Size, SourceLocation};
-use crate::plan::{Contents, Plan, PlannedPartition};
+use crate::manifest::{
+    FilesystemKind, Manifest, ManifestError, Size, SizeSpec, SourceLocation, VerityMode,
+};
+use crate::plan::{ALIGNMENT, Contents, Plan, PlannedPartition, size_with_appended_tree};
 use crate::source::{SourceOptions, load_source};
 
-/// File trees for the partitions that have contents, by GPT index.
+/// Room added to a `size: auto` file system when the manifest gives no `headroom`.
+pub const DEFAULT_HEADROOM: u64 = 16 << 20;
+
+/// The file trees of a build.
 #[derive(Debug, Default)]
 pub struct Inputs {
+    /// The root tree (`rootfs.source`), shared by every slot's root partition.
+    pub rootfs: Option<FileTree>,
+    /// Directory contents, by GPT index.
     pub trees: BTreeMap<u32, FileTree>,
+}
+
+impl Inputs {
+    /// The tree a partition's file system is made from; `None` for an empty one.
+    pub fn tree_for(&self, partition: &PlannedPartition) -> Option<&FileTree> {
+        match partition.contents.as_ref()? {
+            Contents::Rootfs => self.rootfs.as_ref(),
+            Contents::Directory(_) => self.trees.get(&partition.index),
+            Contents::Boot => None,
+        }
+    }
 }
 
 fn error(location: &SourceLocation, message: String) -> ManifestError {
     ManifestError { location: Some(location.clone()), message }
 }
 
-/// Loads every partition's contents and checks that each fits.
-pub fn load_inputs(plan: &Plan) -> Result<Inputs, Vec<ManifestError>> {
+/// Loads the root tree and every partition's directory contents.
+pub fn load_inputs(plan: &Plan, manifest: &Manifest) -> Result<Inputs, Vec<ManifestError>> {
     let mut errors = Vec::new();
     let mut inputs = Inputs::default();
-    if let Some((path, location)) = &plan.rootfs
-        && !path.exists()
-    {
-        errors.push(error(location, format!("root source {} does not exist", path.display())));
-    }
-    let options = SourceOptions {
+    let base = SourceOptions {
         source_date_epoch: Some(plan.source_date_epoch),
         ..SourceOptions::default()
     };
+    if let Some((path, location)) = &plan.rootfs {
+        if !path.exists() {
+            errors.push(error(location, format!("root source {} does not exist", path.display())));
+        } else {
+            let owner = manifest.rootfs.as_ref().and_then(|r| r.owner.clone());
+            let options = SourceOptions { owner, ..base.clone() };
+            match load_source(path, &options) {
+                Ok(tree) => inputs.rootfs = Some(tree),
+                Err(err) => errors.push(error(
+                    location,
+                    format!("cannot read the root source {}: {err:#}", path.display()),
+                )),
+            }
+        }
+    }
     for partition in &plan.partitions {
         let Some(contents) = &partition.contents else { continue };
         let location = partition.contents_location.as_ref().unwrap_or(&partition.location);
-        let path = match contents {
-            Contents::Directory(path) => path,
-            Contents::Rootfs | Contents::Boot => {
-                errors.push(error(
-                    location,
-                    format!(
-                        "partition '{}': {} contents are not supported yet for {}",
-                        partition.name,
-                        if *contents == Contents::Rootfs { "rootfs" } else { "boot" },
-                        partition.filesystem.name()
-                    ),
-                ));
-                continue;
-            }
-        };
-        if !path.exists() {
-            errors.push(error(
+        match contents {
+            Contents::Rootfs => {}
+            Contents::Boot => errors.push(error(
                 location,
-                format!(
-                    "partition '{}': contents {} does not exist",
-                    partition.name,
-                    path.display()
-                ),
-            ));
-            continue;
-        }
-        match load_source(path, &options) {
-            Ok(tree) => {
-                if let Err(message) = check_fits(partition, &tree) {
-                    errors.push(error(&partition.size_location, message));
-                }
-                inputs.trees.insert(partition.index, tree);
-            }
-            Err(err) => errors.push(error(
-                location,
-                format!(
-                    "partition '{}': cannot read contents {}: {err:#}",
-                    partition.name,
-                    path.display()
-                ),
+                format!("partition '{}': boot contents are not supported yet", partition.name),
             )),
+            Contents::Directory(path) => {
+                if !path.exists() {
+                    errors.push(error(
+                        location,
+                        format!(
+                            "partition '{}': contents {} does not exist",
+                            partition.name,
+                            path.display()
+                        ),
+                    ));
+                    continue;
+                }
+                match load_source(path, &base) {
+                    Ok(tree) => {
+                        inputs.trees.insert(partition.index, tree);
+                    }
+                    Err(err) => errors.push(error(
+                        location,
+                        format!(
+                            "partition '{}': cannot read contents {}: {err:#}",
+                            partition.name,
+                            path.display()
+                        ),
+                    )),
+                }
+            }
         }
     }
     if errors.is_empty() { Ok(inputs) } else { Err(errors) }
 }
 
-/// Whether `tree` fits in the partition's file system.
-fn check_fits(partition: &PlannedPartition, tree: &FileTree) -> Result<(), String> {
-    let needed = match partition.filesystem {
+/// The smallest file system (bytes) that holds a partition's contents.
+fn needed_fs_size(
+    plan: &Plan,
+    partition: &PlannedPartition,
+    inputs: &Inputs,
+) -> Result<u64, String> {
+    let empty = FileTree::new(Default::default());
+    let tree = inputs.tree_for(partition).unwrap_or(&empty);
+    match partition.filesystem {
         FilesystemKind::Vfat => {
-            fat::min_fat_size(tree).map_err(|e| format!("partition '{}': {e}", partition.name))?
+            fat::min_fat_size(tree).map_err(|e| format!("partition '{}': {e}", partition.name))
         }
-        FilesystemKind::Ext4 | FilesystemKind::None => return Ok(()),
-    };
-    if needed > partition.size {
-        return Err(format!(
-            "partition '{}' ({}) is too small for its contents, which need at least {}",
-            partition.name,
-            Size(partition.size),
-            Size(needed.div_ceil(1 << 20) << 20)
-        ));
+        FilesystemKind::Ext4 => ext4::min_size(tree, &crate::build::ext4_options(plan, partition))
+            .map_err(|e| format!("partition '{}': {e}", partition.name)),
+        FilesystemKind::None => Ok(0),
     }
-    Ok(())
 }
 
-/// The directory a manifest's relative paths are resolved against.
-pub fn base_dir(manifest_path: &Path) -> &Path {
-    manifest_path.parent().unwrap_or(Path::new("."))
+/// Sizes for the `size: auto` partitions, by manifest name (both slots of a
+/// per-slot entry get the same size, so either can hold the other's image).
+pub fn auto_sizes(
+    plan: &Plan,
+    manifest: &Manifest,
+    inputs: &Inputs,
+) -> Result<HashMap<String, u64>, Vec<ManifestError>> {
+    let mut sizes: HashMap<String, u64> = HashMap::new();
+    let mut errors = Vec::new();
+    for spec in &manifest.partitions.value {
+        if spec.size.value != SizeSpec::Auto {
+            continue;
+        }
+        let headroom = spec.headroom.as_ref().map_or(DEFAULT_HEADROOM, |h| h.value.0);
+        for partition in plan.partitions.iter().filter(|p| p.template == spec.name.value) {
+            match needed_fs_size(plan, partition, inputs) {
+                Ok(needed) => {
+                    let fs = (needed + headroom).div_ceil(4096) * 4096;
+                    let size = match partition.verity {
+                        VerityMode::Appended => size_with_appended_tree(fs),
+                        VerityMode::Partition | VerityMode::None => fs,
+                    };
+                    let size = size.div_ceil(ALIGNMENT) * ALIGNMENT;
+                    let entry = sizes.entry(spec.name.value.clone()).or_insert(size);
+                    *entry = (*entry).max(size);
+                }
+                Err(message) => errors.push(error(&partition.size_location, message)),
+            }
+        }
+    }
+    if errors.is_empty() { Ok(sizes) } else { Err(errors) }
+}
+
+/// Checks that every file system holds its contents.
+pub fn check_fits(plan: &Plan, inputs: &Inputs) -> Result<(), Vec<ManifestError>> {
+    let errors: Vec<ManifestError> = plan
+        .partitions
+        .iter()
+        .filter(|p| p.filesystem != FilesystemKind::None)
+        .filter_map(|partition| match needed_fs_size(plan, partition, inputs) {
+            Err(message) => Some(error(&partition.size_location, message)),
+            Ok(needed) if needed > partition.fs_size => Some(error(
+                &partition.size_location,
+                format!(
+                    "partition '{}' ({}{}) is too small for its contents, which need at least {}",
+                    partition.name,
+                    Size(partition.size),
+                    if partition.fs_size < partition.size {
+                        format!(", {} of it for the file system", Size(partition.fs_size))
+                    } else {
+                        String::new()
+                    },
+                    Size(needed.div_ceil(ALIGNMENT) * ALIGNMENT)
+                ),
+            )),
+            Ok(_) => None,
+        })
+        .collect();
+    if errors.is_empty() { Ok(()) } else { Err(errors) }
 }

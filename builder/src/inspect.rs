@@ -14,7 +14,7 @@ use crate::container::{DiskSource, detect_format, open_image};
 use crate::manifest::Size;
 
 /// Lets the partition readers read through any container.
-struct DiskReader<'a>(&'a dyn DiskSource);
+pub struct DiskReader<'a>(pub &'a dyn DiskSource);
 
 impl ReadAt for DiskReader<'_> {
     fn read_exact_at(&self, buf: &mut [u8], offset: u64) -> io::Result<()> {

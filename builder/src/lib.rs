@@ -16,3 +16,4 @@ pub mod plan;
 pub mod profile;
 pub mod report;
 pub mod source;
+pub mod verify;

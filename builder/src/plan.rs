@@ -64,6 +64,9 @@ pub struct PlannedPartition {
     pub uuid: Guid,
     pub offset: u64,
     pub size: u64,
+    /// Bytes of the file system: the partition size, less the verity hash area
+    /// when the tree is appended.
+    pub fs_size: u64,
     pub filesystem: FilesystemKind,
     pub contents: Option<Contents>,
     pub label: String,
@@ -71,6 +74,8 @@ pub struct PlannedPartition {
     pub attributes: u64,
     pub verity: VerityMode,
     pub mount: Option<String>,
+    /// ext4: whether the file system gets a journal.
+    pub journal: bool,
     /// Where the entry is in the manifest (its name), its size and its contents.
     pub location: SourceLocation,
     pub size_location: SourceLocation,
@@ -110,6 +115,35 @@ pub fn partition_type(text: &str) -> Option<Guid> {
 /// The name of a well-known type GUID.
 pub fn partition_type_name(guid: Guid) -> Option<&'static str> {
     PartitionType::from_guid(guid).map(PartitionType::name)
+}
+
+/// The verity parameters abforge uses for every tree: veritysetup's defaults
+/// (format 1, sha256, 4 KiB blocks, superblock). Salt and UUID are set per image.
+pub fn verity_geometry() -> abforge_verity::VerityParams {
+    abforge_verity::VerityParams::default()
+}
+
+/// The largest file system (whole 4 KiB blocks) whose appended verity tree
+/// (superblock at the end of the file system, then the tree) fits in `size`.
+pub fn fs_size_with_appended_tree(size: u64) -> u64 {
+    let params = verity_geometry();
+    let fits = |blocks: u64| {
+        abforge_verity::hash_area_size(blocks, &params)
+            .is_ok_and(|area| blocks.saturating_mul(4096).saturating_add(area) <= size)
+    };
+    let (mut low, mut high) = (0u64, size / 4096);
+    while low < high {
+        let mid = low + (high - low).div_ceil(2);
+        if fits(mid) { low = mid } else { high = mid - 1 }
+    }
+    low * 4096
+}
+
+/// The partition size that holds `fs_size` bytes of file system and its appended tree.
+pub fn size_with_appended_tree(fs_size: u64) -> u64 {
+    let blocks = fs_size.div_ceil(4096);
+    let area = abforge_verity::hash_area_size(blocks, &verity_geometry()).unwrap_or(0);
+    blocks * 4096 + area
 }
 
 /// Collects errors with their locations while a plan is checked.
@@ -314,7 +348,17 @@ pub fn plan(
 
         let read_only = spec.read_only;
         let verity = spec.verity.as_ref().map(|v| v.value).unwrap_or(VerityMode::None);
-        let label = spec.label.as_ref().map(|l| l.value.clone()).unwrap_or_else(|| name.clone());
+        let fs_size = match verity {
+            VerityMode::Appended => fs_size_with_appended_tree(size),
+            VerityMode::Partition | VerityMode::None => size,
+        };
+        // The default label leaves the slot out: a slot's file system is the same
+        // bytes whichever slot it is written to.
+        let label = spec
+            .label
+            .as_ref()
+            .map(|l| l.value.clone())
+            .unwrap_or_else(|| template.replace("{SLOT}", ""));
         partitions.push(PlannedPartition {
             index: u32::try_from(position + 1).unwrap_or(u32::MAX),
             name,
@@ -324,6 +368,7 @@ pub fn plan(
             uuid,
             offset,
             size,
+            fs_size,
             filesystem,
             contents,
             label,
@@ -331,6 +376,7 @@ pub fn plan(
             attributes: if read_only { ATTR_READ_ONLY } else { 0 },
             verity,
             mount: spec.mount.as_ref().map(|m| m.value.clone()),
+            journal: spec.journal.unwrap_or(!read_only),
             location: check.loc(&spec.name),
             size_location: check.loc(&spec.size),
             contents_location: spec.contents.as_ref().map(|c| check.loc(c)),
@@ -434,14 +480,6 @@ fn check_filesystem(
     manifest: &Manifest,
 ) {
     let name = &spec.name.value;
-    if let Some(fs) = &spec.filesystem
-        && fs.value == FilesystemKind::Ext4
-    {
-        check.at(
-            fs,
-            format!("partition '{name}': filesystem ext4 is not supported yet (vfat and none are)"),
-        );
-    }
     if let (Some(c), FilesystemKind::None) = (&spec.contents, filesystem) {
         check.at(c, format!("partition '{name}' has contents but no filesystem to hold them"));
     }
@@ -471,10 +509,25 @@ fn check_filesystem(
             );
         }
     }
-    if let Some(verity) = &spec.verity
-        && verity.value != VerityMode::None
-    {
-        check.at(verity, format!("partition '{name}': verity is not supported yet"));
+    if let Some(verity) = &spec.verity {
+        match verity.value {
+            VerityMode::None => {}
+            VerityMode::Partition => check.at(
+                verity,
+                format!(
+                    "partition '{name}': verity: partition is not supported yet (use appended)"
+                ),
+            ),
+            VerityMode::Appended if filesystem != FilesystemKind::Ext4 || !spec.read_only => check
+                .at(
+                    verity,
+                    format!("partition '{name}': verity needs a read_only ext4 file system"),
+                ),
+            VerityMode::Appended => {}
+        }
+    }
+    if spec.journal == Some(true) && filesystem != FilesystemKind::Ext4 {
+        check.at(&spec.name, format!("partition '{name}': journal applies to ext4 only"));
     }
 }
 
@@ -554,8 +607,8 @@ partitions:
             ),
             (
                 "name: Data, type: linux, size: 2GiB",
-                "name: Data, type: linux, size: 2GiB, filesystem: ext4",
-                "not supported yet",
+                "name: Data, type: linux, size: 2GiB, verity: appended",
+                "verity needs a read_only ext4",
             ),
             (
                 "name: Unused, type: linux, size: 4GiB",
@@ -587,6 +640,16 @@ partitions:
             ));
         }
         assert!(first_error(&text).contains("at most 128"));
+    }
+
+    #[test]
+    fn appended_tree_sizes_are_tight() {
+        for size in [1u64 << 20, 64 << 20, 4 << 30] {
+            let fs = fs_size_with_appended_tree(size);
+            assert_eq!(fs % 4096, 0);
+            assert!(size_with_appended_tree(fs) <= size);
+            assert!(size_with_appended_tree(fs + 4096) > size, "{size}: {fs} is not the largest");
+        }
     }
 
     #[test]

@@ -8,9 +8,9 @@ use anyhow::Context as _;
 
 use crate::build::build;
 use crate::error::UsageError;
-use crate::inputs::{Inputs, load_inputs};
+use crate::inputs::{Inputs, auto_sizes, check_fits, load_inputs};
 use crate::manifest::{self, ImageFormat, ManifestError, Size};
-use crate::plan::{Overrides, Plan, plan};
+use crate::plan::{ALIGNMENT, Overrides, Plan, plan};
 
 /// Build the disk image a manifest describes.
 #[derive(Debug, clap::Args)]
@@ -50,8 +50,16 @@ fn manifest_errors(errors: Vec<ManifestError>) -> anyhow::Error {
 /// checked before writing. Errors are usage errors (exit 2).
 pub fn prepare(manifest_path: &Path, overrides: &Overrides) -> anyhow::Result<(Plan, Inputs)> {
     let (manifest, _) = manifest::load(manifest_path).map_err(|e| manifest_errors(vec![e]))?;
-    let plan = plan(manifest_path, &manifest, overrides, &|_| None).map_err(manifest_errors)?;
-    let inputs = load_inputs(&plan).map_err(manifest_errors)?;
+    // First pass with `size: auto` partitions at a placeholder size, to find and
+    // load their contents; second pass with the measured sizes.
+    let draft =
+        plan(manifest_path, &manifest, overrides, &|_| Some(ALIGNMENT)).map_err(manifest_errors)?;
+    let inputs = load_inputs(&draft, &manifest).map_err(manifest_errors)?;
+    let sizes = auto_sizes(&draft, &manifest, &inputs).map_err(manifest_errors)?;
+    let plan =
+        plan(manifest_path, &manifest, overrides, &|spec| sizes.get(&spec.name.value).copied())
+            .map_err(manifest_errors)?;
+    check_fits(&plan, &inputs).map_err(manifest_errors)?;
     Ok((plan, inputs))
 }
 

@@ -6,6 +6,8 @@ use clap::{Parser, Subcommand};
 
 pub mod build;
 pub mod inspect;
+pub mod mkfs;
+pub mod verify;
 
 use crate::error::{UsageError, exit_code_for, report};
 
@@ -25,6 +27,8 @@ pub enum Command {
     Build(build::BuildArgs),
     Validate(build::ValidateArgs),
     Inspect(inspect::InspectArgs),
+    Verify(verify::VerifyArgs),
+    Mkfs(mkfs::MkfsArgs),
     /// Convert a disk image between raw, VHDX and fixed VHD.
     Convert(convert::ConvertArgs),
     /// dm-verity hash trees, byte-identical to `veritysetup format` / `verify`.
@@ -54,6 +58,8 @@ fn run(command: Command) -> anyhow::Result<ExitCode> {
         Command::Build(args) => build::run_build(args),
         Command::Validate(args) => build::run_validate(args),
         Command::Inspect(args) => inspect::run_inspect(args),
+        Command::Verify(args) => verify::run(args),
+        Command::Mkfs(args) => mkfs::run(args),
         Command::Convert(args) => convert::run(args),
         Command::Verity(args) => verity::run(args),
     }

@@ -146,6 +146,10 @@ pub struct Manifest {
 pub struct RootfsSpec {
     /// A directory or a tar archive, relative to the manifest.
     pub source: Spanned<String>,
+    /// Owners given to the root's entries instead of the source's, e.g.
+    /// `{ uid: 0, gid: 0 }` so a CI job running as any user builds a root-owned tree.
+    #[serde(default)]
+    pub owner: Option<crate::source::OwnerMapping>,
 }
 
 /// One `partitions:` entry.
@@ -181,6 +185,12 @@ pub struct PartitionSpec {
     /// Where the running system mounts it (documentation, fstab).
     #[serde(default)]
     pub mount: Option<Spanned<String>>,
+    /// ext4 only: write a journal (default: yes unless `read_only`).
+    #[serde(default)]
+    pub journal: Option<bool>,
+    /// With `size: auto`: room added to what the contents need (default 16MiB).
+    #[serde(default)]
+    pub headroom: Option<Spanned<Size>>,
 }
 
 /// Reads and parses a manifest file.

@@ -1,0 +1,182 @@
+//! `abforge verify`: checks an image against what its build promised. The GPT must
+//! be intact (both copies), and every dm-verity tree is recomputed from the data
+//! and compared with its root hash (from the build report beside the image, or
+//! given on the command line).
+
+use std::collections::BTreeMap;
+use std::fs::File;
+use std::path::{Path, PathBuf};
+
+use abforge_partitions::gpt::{GptCopy, PartitionEntry, ReadAt, read_gpt_report};
+use abforge_verity::VerityParams;
+use anyhow::{Context as _, anyhow, bail};
+
+use crate::container::{ContainerFormat, DiskSource, detect_format, open_image};
+use crate::error::UsageError;
+use crate::inspect::DiskReader;
+
+/// What to check an image against.
+#[derive(Debug, Default)]
+pub struct Expectations {
+    /// Root hashes by partition name (lower-case hex).
+    pub root_hashes: BTreeMap<String, String>,
+    /// Hash offsets by partition name, from the report.
+    pub hash_offsets: BTreeMap<String, u64>,
+}
+
+impl Expectations {
+    /// Reads the verity entries of a build report.
+    pub fn from_report(path: &Path) -> anyhow::Result<Expectations> {
+        let text = std::fs::read_to_string(path)
+            .with_context(|| format!("cannot read the build report {}", path.display()))?;
+        let report: serde_json::Value = serde_json::from_str(&text).map_err(|e| {
+            UsageError::new(format!("{} is not a build report: {e}", path.display()))
+        })?;
+        let mut expectations = Expectations::default();
+        for entry in report["verity"].as_array().into_iter().flatten() {
+            let (Some(name), Some(hash), Some(offset)) = (
+                entry["partition"].as_str(),
+                entry["root_hash"].as_str(),
+                entry["hash_offset"].as_u64(),
+            ) else {
+                return Err(UsageError::new(format!(
+                    "{}: a verity entry lacks partition, root_hash or hash_offset",
+                    path.display()
+                ))
+                .into());
+            };
+            expectations.root_hashes.insert(name.to_string(), hash.to_lowercase());
+            expectations.hash_offsets.insert(name.to_string(), offset);
+        }
+        Ok(expectations)
+    }
+}
+
+/// The report written beside an image by `build`: `<dir>/<name>.json`.
+pub fn default_report_path(image: &Path) -> PathBuf {
+    image.with_extension("json")
+}
+
+/// One line per check, for the user.
+pub type Findings = Vec<String>;
+
+/// Verifies `image`; every failure is an error naming what failed.
+pub fn verify_image(image: &Path, expectations: &Expectations) -> anyhow::Result<Findings> {
+    let mut findings = Vec::new();
+    let format = {
+        let file = File::open(image).with_context(|| format!("cannot open {}", image.display()))?;
+        detect_format(&file).with_context(|| format!("cannot read {}", image.display()))?
+    };
+    let disk = open_image(image)?;
+    let reader = DiskReader(disk.as_ref());
+    let gpt = read_gpt_report(&reader, disk.size())
+        .with_context(|| format!("{} has no readable GPT", image.display()))?;
+    if gpt.used == GptCopy::Backup || gpt.primary_problem.is_some() {
+        bail!(
+            "the primary GPT of {} is damaged ({}); the backup is intact",
+            image.display(),
+            gpt.primary_problem.map(|e| e.to_string()).unwrap_or_default()
+        );
+    }
+    if let Some(problem) = gpt.backup_problem {
+        bail!("the backup GPT of {} is damaged: {problem}", image.display());
+    }
+    findings
+        .push(format!("GPT: primary and backup intact, {} partitions", gpt.layout.entries.len()));
+
+    for (name, root_hash) in &expectations.root_hashes {
+        let entry = gpt.layout.entries.iter().find(|e| &e.name == name).ok_or_else(|| {
+            anyhow!(
+                "partition '{name}' named in the root hashes is not in the GPT of {}",
+                image.display()
+            )
+        })?;
+        let hash_offset = match expectations.hash_offsets.get(name) {
+            Some(offset) => *offset,
+            None => ext4_size(&reader, entry)
+                .ok_or_else(|| anyhow!("partition '{name}': no hash offset in the report and no ext4 file system to find it from"))?,
+        };
+        verify_partition(image, format, disk.as_ref(), entry, hash_offset, root_hash)
+            .with_context(|| format!("partition '{name}' fails verification"))?;
+        findings.push(format!("{name}: verity tree matches root hash {root_hash}"));
+    }
+    Ok(findings)
+}
+
+/// The size of the ext4 file system at the start of a partition: where an
+/// appended verity tree starts.
+fn ext4_size(reader: &dyn ReadAt, entry: &PartitionEntry) -> Option<u64> {
+    match abforge_partitions::probe::probe_filesystem(
+        reader,
+        entry.offset_bytes(),
+        entry.size_bytes(),
+    ) {
+        abforge_partitions::probe::FsProbe::Ext4 { block_size, blocks, .. } => {
+            blocks.checked_mul(u64::from(block_size))
+        }
+        _ => None,
+    }
+}
+
+fn verify_partition(
+    image: &Path,
+    format: ContainerFormat,
+    disk: &dyn DiskSource,
+    entry: &PartitionEntry,
+    hash_offset: u64,
+    root_hash: &str,
+) -> anyhow::Result<()> {
+    let expected = parse_hex(root_hash)
+        .ok_or_else(|| UsageError::new(format!("root hash '{root_hash}' is not hex")))?;
+    // Raw images are read in place; other containers are copied out sparsely.
+    let (file, base) = match format {
+        ContainerFormat::Raw => (File::open(image)?, entry.offset_bytes()),
+        ContainerFormat::Vhdx | ContainerFormat::Vhd => {
+            (extract(disk, entry.offset_bytes(), entry.size_bytes())?, 0)
+        }
+    };
+    let superblock = abforge_verity::read_superblock(&file, base + hash_offset)
+        .with_context(|| format!("no verity superblock at byte {hash_offset} of the partition"))?;
+    let params = VerityParams::from_superblock(&superblock);
+    abforge_verity::verify(&file, base, superblock.data_blocks, &file, base + hash_offset, &params, &expected)
+        .map_err(|err| match err {
+            // Offsets in the verity error are of the file read; say them relative
+            // to the partition, which is what the user can act on.
+            abforge_verity::VerityError::DataBlockMismatch { block, .. } => anyhow!(
+                "data block {block} (bytes {} to {} of the partition) does not match its hash in the tree",
+                block * u64::from(params.data_block_size),
+                (block + 1) * u64::from(params.data_block_size) - 1
+            ),
+            abforge_verity::VerityError::HashBlockMismatch { block, level, offset, parent } => anyhow!(
+                "hash block {block} (level {level}, byte {} of the partition) does not match {parent}",
+                offset - base
+            ),
+            other => other.into(),
+        })?;
+    Ok(())
+}
+
+/// Copies `len` bytes at `offset` of a disk into an unlinked sparse file.
+fn extract(disk: &dyn DiskSource, offset: u64, len: u64) -> anyhow::Result<File> {
+    use std::os::unix::fs::FileExt;
+    let file = tempfile::tempfile().context("cannot create a scratch file")?;
+    file.set_len(len)?;
+    let mut buf = vec![0u8; 4 << 20];
+    for range in disk.data_ranges(offset..offset + len)? {
+        let mut at = range.start;
+        while at < range.end {
+            let n = usize::try_from(range.end - at).unwrap_or(usize::MAX).min(buf.len());
+            disk.read_at(&mut buf[..n], at)?;
+            file.write_all_at(&buf[..n], at - offset)?;
+            at += n as u64;
+        }
+    }
+    Ok(file)
+}
+
+fn parse_hex(text: &str) -> Option<Vec<u8>> {
+    if text.len() % 2 != 0 {
+        return None;
+    }
+    (0..text.len()).step_by(2).map(|i| u8::from_str_radix(text.get(i..i + 2)?, 16).ok()).collect()
+}
