@@ -22,6 +22,8 @@ pub struct Expectations {
     pub root_hashes: BTreeMap<String, String>,
     /// Hash offsets by partition name, from the report.
     pub hash_offsets: BTreeMap<String, u64>,
+    /// Data blocks and salt (hex) by partition name, from the report.
+    pub geometry: BTreeMap<String, (u64, String)>,
 }
 
 impl Expectations {
@@ -47,6 +49,11 @@ impl Expectations {
             };
             expectations.root_hashes.insert(name.to_string(), hash.to_lowercase());
             expectations.hash_offsets.insert(name.to_string(), offset);
+            if let (Some(blocks), Some(salt)) =
+                (entry["data_blocks"].as_u64(), entry["salt"].as_str())
+            {
+                expectations.geometry.insert(name.to_string(), (blocks, salt.to_lowercase()));
+            }
         }
         Ok(expectations)
     }
@@ -96,7 +103,9 @@ pub fn verify_image(image: &Path, expectations: &Expectations) -> anyhow::Result
             None => ext4_size(&reader, entry)
                 .ok_or_else(|| anyhow!("partition '{name}': no hash offset in the report and no ext4 file system to find it from"))?,
         };
-        verify_partition(image, format, disk.as_ref(), entry, hash_offset, root_hash)
+        let expected =
+            Expected { hash_offset, root_hash, geometry: expectations.geometry.get(name) };
+        verify_partition(image, format, disk.as_ref(), entry, &expected)
             .with_context(|| format!("partition '{name}' fails verification"))?;
         findings.push(format!("{name}: verity tree matches root hash {root_hash}"));
     }
@@ -118,14 +127,22 @@ fn ext4_size(reader: &dyn ReadAt, entry: &PartitionEntry) -> Option<u64> {
     }
 }
 
+/// What one partition's tree must match.
+struct Expected<'a> {
+    hash_offset: u64,
+    root_hash: &'a str,
+    /// Data blocks and salt from the report, when there is one.
+    geometry: Option<&'a (u64, String)>,
+}
+
 fn verify_partition(
     image: &Path,
     format: ContainerFormat,
     disk: &dyn DiskSource,
     entry: &PartitionEntry,
-    hash_offset: u64,
-    root_hash: &str,
+    expected_tree: &Expected<'_>,
 ) -> anyhow::Result<()> {
+    let (hash_offset, root_hash) = (expected_tree.hash_offset, expected_tree.root_hash);
     let expected = parse_hex(root_hash)
         .ok_or_else(|| UsageError::new(format!("root hash '{root_hash}' is not hex")))?;
     // Raw images are read in place; other containers are copied out sparsely.
@@ -138,6 +155,26 @@ fn verify_partition(
     let superblock = abforge_verity::read_superblock(&file, base + hash_offset)
         .with_context(|| format!("no verity superblock at byte {hash_offset} of the partition"))?;
     let params = VerityParams::from_superblock(&superblock);
+    // The kernel takes the block count and salt from the command line, not from
+    // the superblock: a superblock that disagrees with them has been altered.
+    let (blocks, salt) = match expected_tree.geometry {
+        Some((blocks, salt)) => (*blocks, Some(salt.as_str())),
+        // An appended tree starts right after the data it covers.
+        None => (hash_offset / u64::from(params.data_block_size), None),
+    };
+    if superblock.data_blocks != blocks {
+        bail!(
+            "the verity superblock at byte {hash_offset} of the partition covers {} data blocks, but the tree must cover {blocks}: it is damaged or altered",
+            superblock.data_blocks
+        );
+    }
+    if let Some(salt) = salt
+        && crate::build::hex(&params.salt) != salt
+    {
+        bail!(
+            "the verity superblock at byte {hash_offset} of the partition has a different salt than the build report: it is damaged or altered"
+        );
+    }
     abforge_verity::verify(&file, base, superblock.data_blocks, &file, base + hash_offset, &params, &expected)
         .map_err(|err| match err {
             // Offsets in the verity error are of the file read; say them relative

@@ -101,3 +101,41 @@ pub fn same_sparse_content(a: &Path, b: &Path) -> bool {
     fs::metadata(a).unwrap().len() == fs::metadata(b).unwrap().len()
         && nonzero_blocks(a) == nonzero_blocks(b)
 }
+
+/// Copies `len` bytes at `offset` of a sparse image into a new sparse file,
+/// reading only the data extents (fast for a mostly empty 4 GiB partition).
+pub fn extract_sparse(image: &Path, offset: u64, len: u64, to: &Path) {
+    use rustix::fs::{SeekFrom, seek};
+    use std::os::unix::fs::FileExt;
+    let input = fs::File::open(image).unwrap();
+    let output = fs::File::create(to).unwrap();
+    output.set_len(len).unwrap();
+    let end = offset + len;
+    let mut at = offset;
+    let mut buf = vec![0u8; 1 << 20];
+    while at < end {
+        let start = match seek(&input, SeekFrom::Data(at)) {
+            Ok(start) if start < end => start,
+            _ => break,
+        };
+        let stop = seek(&input, SeekFrom::Hole(start)).unwrap_or(end).min(end);
+        let mut pos = start;
+        while pos < stop {
+            let n = usize::try_from((stop - pos).min(buf.len() as u64)).expect("at most 1 MiB");
+            input.read_exact_at(&mut buf[..n], pos).unwrap();
+            output.write_all_at(&buf[..n], pos - offset).unwrap();
+            pos += n as u64;
+        }
+        at = stop;
+    }
+}
+
+/// The partition entry called `name` in a build report.
+pub fn report_partition<'a>(report: &'a serde_json::Value, name: &str) -> &'a serde_json::Value {
+    report["partitions"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|p| p["name"] == name)
+        .unwrap_or_else(|| panic!("no partition {name} in the report"))
+}

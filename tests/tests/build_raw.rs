@@ -324,10 +324,10 @@ const BAD: &[Bad] = &[
         line: Some(12),
     },
     Bad {
-        what: "ext4 not yet",
+        what: "verity on a read-write partition",
         from: "name: Log, type: linux, size: 1GiB }",
-        to: "name: Log, type: linux, size: 1GiB, filesystem: ext4 }",
-        expect: &["ext4 is not supported yet"],
+        to: "name: Log, type: linux, size: 1GiB, filesystem: ext4, verity: appended }",
+        expect: &["verity needs a read_only ext4 file system"],
         line: Some(16),
     },
     Bad {
