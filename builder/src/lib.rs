@@ -15,4 +15,5 @@ pub mod manifest;
 pub mod plan;
 pub mod profile;
 pub mod report;
+pub mod slot;
 pub mod source;

@@ -10,6 +10,7 @@ pub mod inspect;
 use crate::error::{exit_code_for, report};
 
 pub mod convert;
+pub mod slot;
 pub mod verity;
 
 /// Build immutable A/B operating-system disk images from one YAML manifest.
@@ -29,6 +30,7 @@ pub enum Command {
     Convert(convert::ConvertArgs),
     /// dm-verity hash trees, byte-identical to `veritysetup format` / `verify`.
     Verity(verity::VerityArgs),
+    Slot(slot::SlotArgs),
 }
 
 /// Parses the arguments, runs the subcommand and turns its result into an exit status.
@@ -56,5 +58,6 @@ fn run(command: Command) -> anyhow::Result<ExitCode> {
         Command::Inspect(args) => inspect::run_inspect(args),
         Command::Convert(args) => convert::run(args),
         Command::Verity(args) => verity::run(args),
+        Command::Slot(args) => slot::run(args),
     }
 }
