@@ -67,6 +67,8 @@ impl<D: DiskSource + ?Sized> ReadAt for DiskReadAt<'_, D> {
 /// Where an image's environment block is.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct EnvBlockLocation {
+    /// The image as messages name it.
+    pub image: String,
     /// The ESP's 1-based GPT entry number.
     pub partition: u32,
     /// The ESP's GPT partition name.
@@ -80,9 +82,9 @@ pub struct EnvBlockLocation {
 }
 
 impl EnvBlockLocation {
-    /// "partition 1 'BootEFIA'".
+    /// "partition 1 'BootEFIA' of disk.vhdx".
     pub fn describe(&self) -> String {
-        format!("partition {} '{}'", self.partition, self.partition_name)
+        format!("partition {} '{}' of {}", self.partition, self.partition_name, self.image)
     }
 }
 
@@ -91,16 +93,21 @@ fn envblk_name() -> &'static str {
     ENVBLK_PATH.trim_start_matches('/')
 }
 
-/// Finds the environment block of a disk (see the module comment for which ESP).
-pub fn locate_envblk<D: DiskSource + ?Sized>(disk: &D) -> anyhow::Result<EnvBlockLocation> {
+/// Finds the environment block of a disk (see the module comment for which ESP);
+/// `image` names the disk in messages.
+pub fn locate_envblk<D: DiskSource + ?Sized>(
+    disk: &D,
+    image: &str,
+) -> anyhow::Result<EnvBlockLocation> {
     let reader = DiskReadAt(disk);
-    let gpt = read_gpt_report(&reader, disk.size()).context("cannot read the partition table")?;
+    let gpt = read_gpt_report(&reader, disk.size())
+        .with_context(|| format!("cannot read the partition table of {image}"))?;
     let mut reasons: Vec<String> = Vec::new();
     for (entry, &number) in gpt.layout.entries.iter().zip(&gpt.slots) {
         if entry.type_guid != PartitionType::Esp.guid() {
             continue;
         }
-        let where_ = format!("partition {number} '{}'", entry.name);
+        let where_ = format!("partition {number} '{}' of {image}", entry.name);
         let volume = match FatVolume::open(&reader, entry.offset_bytes(), entry.size_bytes()) {
             Ok(volume) => volume,
             Err(err) => {
@@ -137,6 +144,7 @@ pub fn locate_envblk<D: DiskSource + ?Sized>(disk: &D) -> anyhow::Result<EnvBloc
         let slots = read_selector_slots(&volume, disk)
             .with_context(|| format!("cannot read {} on {where_}", SELECTOR_PATH))?;
         return Ok(EnvBlockLocation {
+            image: image.to_string(),
             partition: number,
             partition_name: entry.name.clone(),
             size,
@@ -150,7 +158,7 @@ pub fn locate_envblk<D: DiskSource + ?Sized>(disk: &D) -> anyhow::Result<EnvBloc
         reasons.join("; ")
     };
     Err(anyhow!(details)
-        .context(format!("no GRUB environment block ({}) on any ESP", envblk_name())))
+        .context(format!("no GRUB environment block ({}) on any ESP of {image}", envblk_name())))
 }
 
 /// The selector's slots, or `None` when there is no selector on the volume.
@@ -312,16 +320,13 @@ fn state_from_block(block: &[u8], location: &EnvBlockLocation) -> anyhow::Result
 /// Which ESP holds the block, its bytes, and the state they hold.
 fn load<D: DiskSource + ?Sized>(
     disk: &D,
+    path: &Path,
 ) -> anyhow::Result<(EnvBlockLocation, Vec<u8>, SlotState)> {
-    let location = locate_envblk(disk)?;
+    let location = locate_envblk(disk, &path.display().to_string())?;
     let block = read_extents(disk, &location.extents)?;
     let state = state_from_block(&block, &location)
         .with_context(|| format!("{} on {} cannot be used", envblk_name(), location.describe()))?;
     Ok((location, block, state))
-}
-
-fn image_context(path: &Path) -> String {
-    format!("slot control of {}", path.display())
 }
 
 /// `slot status`: the state of an image, read without writing.
@@ -332,7 +337,7 @@ pub fn status(path: &Path) -> anyhow::Result<SlotStatus> {
         detect_format(&file).with_context(|| format!("cannot read {}", path.display()))?
     };
     let disk = open_image(path)?;
-    let (location, _, state) = load(disk.as_ref()).with_context(|| image_context(path))?;
+    let (location, _, state) = load(disk.as_ref(), path)?;
     Ok(SlotStatus::new(path, format, &location, state))
 }
 
@@ -353,13 +358,15 @@ pub fn set_next(path: &Path, slot: &Slot) -> anyhow::Result<EditOutcome> {
             Some(slots) => {
                 let names: Vec<String> = slots.iter().map(Slot::to_string).collect();
                 return Err(UsageError::new(format!(
-                    "the image has no slot {slot}: its selector boots slots {}",
+                    "{} has no slot {slot}: its selector boots slots {}",
+                    location.image,
                     names.join(", ")
                 ))
                 .into());
             }
             None => bail!(
-                "cannot check that the image has slot {slot}: there is no {} on {}",
+                "cannot check that {} has slot {slot}: there is no {} on {}",
+                location.image,
                 SELECTOR_PATH.trim_start_matches('/'),
                 location.describe()
             ),
@@ -371,8 +378,8 @@ pub fn set_next(path: &Path, slot: &Slot) -> anyhow::Result<EditOutcome> {
 
 /// `slot commit`: makes the slot being tried the default.
 pub fn commit(path: &Path) -> anyhow::Result<EditOutcome> {
-    edit(path, |_, state| {
-        state.commit().map_err(|err| UsageError::new(err.to_string()))?;
+    edit(path, |location, state| {
+        state.commit().map_err(|err| UsageError::new(format!("{}: {err}", location.image)))?;
         Ok(())
     })
 }
@@ -383,29 +390,25 @@ fn edit(
     change: impl FnOnce(&EnvBlockLocation, &mut SlotState) -> anyhow::Result<()>,
 ) -> anyhow::Result<EditOutcome> {
     let image = open_for_update(path)?;
-    let outcome = (|| {
-        let (location, block, before) = load(image.as_ref())?;
-        let mut state = before.clone();
-        change(&location, &mut state)?;
-        let mut vars = BTreeMap::new();
-        state.to_env(&mut vars);
-        let edits: Vec<EnvEdit> =
-            vars.into_iter().map(|(name, value)| EnvEdit::Set(name, value)).collect();
-        let new_block = edit_envblk(&block, &edits).with_context(|| {
-            format!("cannot rewrite {} on {}", envblk_name(), location.describe())
-        })?;
-        let written = new_block != block;
-        if written {
-            write_block(image.as_ref(), &location, &new_block)?;
-            let check = read_extents(image.as_ref(), &location.extents)?;
-            if check != new_block {
-                bail!("{} on {} does not read back as written", envblk_name(), location.describe());
-            }
+    let (location, block, before) = load(image.as_ref(), path)?;
+    let mut state = before.clone();
+    change(&location, &mut state)?;
+    let mut vars = BTreeMap::new();
+    state.to_env(&mut vars);
+    let edits: Vec<EnvEdit> =
+        vars.into_iter().map(|(name, value)| EnvEdit::Set(name, value)).collect();
+    let new_block = edit_envblk(&block, &edits)
+        .with_context(|| format!("cannot rewrite {} on {}", envblk_name(), location.describe()))?;
+    let written = new_block != block;
+    if written {
+        write_block(image.as_ref(), &location, &new_block)?;
+        let check = read_extents(image.as_ref(), &location.extents)?;
+        if check != new_block {
+            bail!("{} on {} does not read back as written", envblk_name(), location.describe());
         }
-        let after = SlotStatus::new(path, image.format(), &location, state);
-        Ok(EditOutcome { before, after, written })
-    })();
-    outcome.with_context(|| image_context(path))
+    }
+    let after = SlotStatus::new(path, image.format(), &location, state);
+    Ok(EditOutcome { before, after, written })
 }
 
 /// Writes `block` over the file's extents: every extent is checked first, so an
@@ -463,5 +466,48 @@ mod tests {
         let text = render_selector(&config).unwrap();
         assert_eq!(selector_slots(&text), vec![slot("a"), slot("b"), slot("c2")]);
         assert_eq!(selector_slots("menuentry x --id other {\n}\nset x=abforge_a\n"), vec![]);
+    }
+
+    /// A VHDX whose only stored block is the first MiB; a "block" located in the
+    /// third MiB cannot be written in place, and the file is left as it was.
+    #[test]
+    fn unallocated_vhdx_block_is_refused_before_writing() {
+        use crate::container::source::{ComposedDisk, Segment};
+        use crate::container::vhd::VhdOptions;
+        use crate::container::vhdx::VhdxOptions;
+        use crate::container::{write_atomically, write_container};
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("disk.vhdx");
+        let disk = ComposedDisk::new(8 << 20, vec![Segment::bytes(0, vec![7; 4096])]).unwrap();
+        let ids = |n| abforge_partitions::Guid::from_rfc_bytes([n; 16]);
+        let vhdx = VhdxOptions { block_size: 1 << 20, ..VhdxOptions::new(ids(1), ids(2), ids(3)) };
+        let vhd = VhdOptions { unique_id: ids(4), timestamp: 0 };
+        write_atomically(&path, |out| {
+            write_container(ContainerFormat::Vhdx, &disk, out, &vhdx, &vhd)
+        })
+        .unwrap();
+        let before = std::fs::read(&path).unwrap();
+        let location = EnvBlockLocation {
+            image: "disk.vhdx".into(),
+            partition: 1,
+            partition_name: "BootEFIA".into(),
+            size: 1024,
+            // The first half is stored (block 0), the second is not (block 2).
+            extents: vec![
+                Extent { disk_offset: 512, len: 512 },
+                Extent { disk_offset: 2 << 20, len: 512 },
+            ],
+            slots: None,
+        };
+        let image = open_for_update(&path).unwrap();
+        let err = write_block(image.as_ref(), &location, &[b'#'; 1024]).unwrap_err();
+        let text = format!("{err:#}");
+        assert!(
+            text.starts_with("the environment block is in an unallocated VHDX block (EFI/abforge/grubenv on partition 1 'BootEFIA' of disk.vhdx)"),
+            "{text}"
+        );
+        assert!(text.contains("payload block 2"), "{text}");
+        drop(image);
+        assert!(std::fs::read(&path).unwrap() == before);
     }
 }
