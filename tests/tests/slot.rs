@@ -180,12 +180,28 @@ fn set_next_boots_once_and_commit_makes_it_default_on_raw() {
     assert!(differing_ranges(&after, &image).is_empty());
 }
 
+/// Asserts qemu-img sees the same disk in `raw` and in `image` (format `format`).
+fn assert_same_disk(raw: &Path, image: &Path, format: &str) {
+    let out = qemu_img(
+        ["compare", "-f", "raw", "-F", format]
+            .iter()
+            .map(|s| s.as_ref())
+            .chain([raw.as_os_str(), image.as_os_str()]),
+    );
+    assert!(
+        out.status.success(),
+        "qemu-img compare {format}: {}{}",
+        String::from_utf8_lossy(&out.stdout),
+        stderr(&out)
+    );
+}
+
 #[test]
 #[cfg_attr(
     not(any(ci, all(have_qemu_img, have_grub_editenv, have_fsck_vfat, have_mcopy))),
     ignore = "needs qemu-img (qemu-utils), grub-editenv (grub-common), fsck.vfat (dosfstools) and mcopy (mtools)"
 )]
-fn vhdx_is_edited_in_place_and_stays_valid() {
+fn vhdx_and_vhd_are_edited_in_place_and_stay_valid() {
     let dir = scratch();
     let raw = dir.path().join("disk.raw");
     write_raw_disk(&raw, EspContents::SelectorAndEnv);
@@ -196,54 +212,50 @@ fn vhdx_is_edited_in_place_and_stays_valid() {
         "--block-size",
         "1MiB",
     ]));
+    let vhd = dir.path().join("disk.vhd");
+    run_ok(abforge(["convert"]).arg(&raw).arg(&vhd).args(["--format", "vhd"]));
     assert_check_clean(&vhdx);
-    let pristine = dir.path().join("pristine.vhdx");
-    std::fs::copy(&vhdx, &pristine).unwrap();
+    let (pristine_vhdx, pristine_vhd) =
+        (dir.path().join("pristine.vhdx"), dir.path().join("pristine.vhd"));
+    std::fs::copy(&vhdx, &pristine_vhdx).unwrap();
+    std::fs::copy(&vhd, &pristine_vhd).unwrap();
 
     let status = status_json(&vhdx);
     assert_eq!(status["format"], "vhdx");
     assert_eq!(status["default"], "a");
+    assert_eq!(status_json(&vhd)["format"], "vhd");
 
-    // The same edit on the raw image and on the VHDX gives the same disk.
-    for image in [&raw, &vhdx] {
+    // The same edit on the raw image, the VHDX and the VHD gives the same disk.
+    for image in [&raw, &vhdx, &vhd] {
         run_ok(abforge(["slot", "set-next"]).arg(image).arg("b"));
     }
     assert_check_clean(&vhdx);
-    let compare = qemu_img(
-        ["compare", "-f", "raw", "-F", "vhdx"]
-            .iter()
-            .map(|s| s.as_ref())
-            .chain([raw.as_os_str(), vhdx.as_os_str()]),
-    );
-    assert!(
-        compare.status.success(),
-        "qemu-img compare: {}{}",
-        String::from_utf8_lossy(&compare.stdout),
-        stderr(&compare)
-    );
-    let status = status_json(&vhdx);
-    assert_eq!((&status["try"], &status["next_boot"]), (&"b".into(), &"b".into()));
+    assert_same_disk(&raw, &vhdx, "vhdx");
+    assert_same_disk(&raw, &vhd, "vpc");
+    for image in [&vhdx, &vhd] {
+        let status = status_json(image);
+        assert_eq!((&status["try"], &status["next_boot"]), (&"b".into(), &"b".into()));
+    }
 
     // Only payload bytes changed, one 1024-byte run (one cluster run inside one
     // payload block); headers, log, metadata and BAT are untouched, the length too.
-    let changed = differing_ranges(&pristine, &vhdx);
+    let changed = differing_ranges(&pristine_vhdx, &vhdx);
     assert!(!changed.is_empty());
     let (first, last) = (changed[0].0, changed[changed.len() - 1].1);
     assert!(last - first <= 1024, "changes spread over {first}..{last}: {changed:?}");
     assert!(first >= 4 << 20, "a change at byte {first}, inside the VHDX metadata structures");
+    // In the VHD, the same disk bytes changed as in the raw image; the footer did not.
+    let envblk = grubenv_ranges(&raw);
+    assert_changes_within(&pristine_vhd, &vhd, &envblk);
 
-    for image in [&raw, &vhdx] {
+    for image in [&raw, &vhdx, &vhd] {
         run_ok(abforge(["slot", "commit"]).arg(image));
     }
     assert_check_clean(&vhdx);
-    let compare = qemu_img(
-        ["compare", "-f", "raw", "-F", "vhdx"]
-            .iter()
-            .map(|s| s.as_ref())
-            .chain([raw.as_os_str(), vhdx.as_os_str()]),
-    );
-    assert!(compare.status.success(), "qemu-img compare: {}", stderr(&compare));
+    assert_same_disk(&raw, &vhdx, "vhdx");
+    assert_same_disk(&raw, &vhd, "vpc");
     assert_eq!(status_json(&vhdx)["default"], "b");
+    assert_eq!(status_json(&vhd)["default"], "b");
 
     // What the VHDX holds, seen by the reference tools: convert back with qemu-img.
     let back = dir.path().join("back.raw");

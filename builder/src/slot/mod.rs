@@ -107,26 +107,26 @@ pub fn locate_envblk<D: DiskSource + ?Sized>(
         if entry.type_guid != PartitionType::Esp.guid() {
             continue;
         }
-        let where_ = format!("partition {number} '{}' of {image}", entry.name);
+        let esp = format!("partition {number} '{}' of {image}", entry.name);
         let volume = match FatVolume::open(&reader, entry.offset_bytes(), entry.size_bytes()) {
             Ok(volume) => volume,
             Err(err) => {
-                reasons.push(format!("{where_}: {err}"));
+                reasons.push(format!("{esp}: {err}"));
                 continue;
             }
         };
         let file = match volume.find(ENVBLK_PATH) {
             Ok(Some(file)) if !file.is_dir => file,
             Ok(Some(_)) => {
-                reasons.push(format!("{where_}: {} is a directory", envblk_name()));
+                reasons.push(format!("{esp}: {} is a directory", envblk_name()));
                 continue;
             }
             Ok(None) => {
-                reasons.push(format!("{where_}: no file {}", envblk_name()));
+                reasons.push(format!("{esp}: no file {}", envblk_name()));
                 continue;
             }
             Err(err) => {
-                reasons.push(format!("{where_}: {err}"));
+                reasons.push(format!("{esp}: {err}"));
                 continue;
             }
         };
@@ -134,15 +134,16 @@ pub fn locate_envblk<D: DiskSource + ?Sized>(
         // usize always fits in u64 on the 64-bit targets abforge supports.
         if size < ENVBLK_SIGNATURE.len() as u64 || size > MAX_ENVBLK_BYTES {
             bail!(
-                "{} on {where_} is {size} bytes, not a GRUB environment block (1024 bytes as grub-editenv makes them, at most {MAX_ENVBLK_BYTES})",
+                "{} on {esp} is {size} bytes, not a GRUB environment block (1024 bytes as grub-editenv makes them, at most {MAX_ENVBLK_BYTES})",
                 envblk_name()
             );
         }
         let extents = volume
             .file_extents(&file)
-            .with_context(|| format!("cannot find the bytes of {} on {where_}", envblk_name()))?;
-        let slots = read_selector_slots(&volume, disk)
-            .with_context(|| format!("cannot read {} on {where_}", SELECTOR_PATH))?;
+            .with_context(|| format!("cannot find the bytes of {} on {esp}", envblk_name()))?;
+        let slots = read_selector_slots(&volume, disk).with_context(|| {
+            format!("cannot read {} on {esp}", SELECTOR_PATH.trim_start_matches('/'))
+        })?;
         return Ok(EnvBlockLocation {
             image: image.to_string(),
             partition: number,
