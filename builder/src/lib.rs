@@ -15,5 +15,6 @@ pub mod manifest;
 pub mod plan;
 pub mod profile;
 pub mod report;
+pub mod slot;
 pub mod source;
 pub mod verify;

@@ -83,6 +83,7 @@ where
 }
 
 pub mod layout;
+pub mod slot;
 
 /// A scratch directory removed when dropped.
 pub fn scratch() -> tempfile::TempDir {

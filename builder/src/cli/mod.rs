@@ -12,6 +12,7 @@ pub mod verify;
 use crate::error::{UsageError, exit_code_for, report};
 
 pub mod convert;
+pub mod slot;
 pub mod verity;
 
 /// Build immutable A/B operating-system disk images from one YAML manifest.
@@ -33,6 +34,7 @@ pub enum Command {
     Convert(convert::ConvertArgs),
     /// dm-verity hash trees, byte-identical to `veritysetup format` / `verify`.
     Verity(verity::VerityArgs),
+    Slot(slot::SlotArgs),
 }
 
 /// Parses the arguments, runs the subcommand and turns its result into an exit status.
@@ -62,6 +64,7 @@ fn run(command: Command) -> anyhow::Result<ExitCode> {
         Command::Mkfs(args) => mkfs::run(args),
         Command::Convert(args) => convert::run(args),
         Command::Verity(args) => verity::run(args),
+        Command::Slot(args) => slot::run(args),
     }
 }
 

@@ -6,6 +6,7 @@
 //! VHDX with no raw intermediate disk, and `convert` is simply a writer fed by a
 //! reader ([`open_image`]).
 
+pub mod inplace;
 pub mod raw;
 pub mod source;
 pub mod vhd;

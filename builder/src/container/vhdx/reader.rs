@@ -163,6 +163,27 @@ impl<F: ImageBytes> VhdxReader<F> {
     pub fn present_blocks(&self) -> usize {
         self.blocks.iter().filter(|&&b| b != 0).count()
     }
+
+    /// Where the byte at `virtual_offset` of the disk is stored in the file, and how
+    /// many bytes from there on stay in the same payload block (up to the disk's end):
+    /// `None` when the offset is past the disk or its block is not stored in the file
+    /// (NOT_PRESENT, ZERO, UNMAPPED: it reads as zeros). The block's file range was
+    /// checked when the file was opened. Used by in-place updates
+    /// (`container::inplace`), which write payload bytes only.
+    pub fn payload_file_offset(&self, virtual_offset: u64) -> Option<(u64, u64)> {
+        if virtual_offset >= self.params.virtual_size {
+            return None;
+        }
+        let block_size = u64::from(self.params.block_size);
+        // virtual_offset < virtual_size, so the block index is below data_blocks (a usize).
+        let file_offset = match self.blocks[idx(virtual_offset / block_size)] {
+            0 => return None,
+            offset => offset,
+        };
+        let within = virtual_offset % block_size;
+        let len = (block_size - within).min(self.params.virtual_size - virtual_offset);
+        Some((file_offset + within, len))
+    }
 }
 
 fn overlaps(a: &Range<u64>, b: &Range<u64>) -> bool {
