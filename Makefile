@@ -2,7 +2,7 @@
 CARGO ?= cargo
 OUT ?= out
 
-.PHONY: build test test-deps lint bench image clean
+.PHONY: build test test-deps lint bench image clean init grub-efi boot-inputs boot-test
 
 build:
 	$(CARGO) build --release --workspace
@@ -28,6 +28,26 @@ bench: build test-deps
 # The example image from the reference manifest.
 image: build
 	./target/release/abforge build manifests/eflow.yaml -o $(OUT)
+
+# The VM boot test's inputs (scripts/boot-inputs.sh), cached in BOOT_INPUTS between runs.
+BOOT_INPUTS ?= $(or $(XDG_CACHE_HOME),$(HOME)/.cache)/abforge/boot-inputs
+
+# The static initramfs PID 1: $(or $(CARGO_TARGET_DIR),target)/init-release/abforge-init.
+init:
+	$(CARGO) rustc -p abforge-init --bin abforge-init --profile init-release -- -C target-feature=+crt-static
+
+# A GRUB EFI image whose embedded config runs the ESP's A/B selector: $(BOOT_INPUTS)/BOOTX64.EFI.
+grub-efi:
+	bash scripts/boot-inputs.sh $(BOOT_INPUTS) grub
+
+# Debootstrap root with Debian's kernel, GRUB image, init (as root; cached).
+boot-inputs:
+	bash scripts/boot-inputs.sh $(BOOT_INPUTS) all
+
+# Builds the EFLOW manifest of tests/boot/ as VHDX and boots it under qemu (TCG) and OVMF.
+boot-test: boot-inputs
+	$(CARGO) build -p abforge
+	ABFORGE_BOOT_INPUTS=$(BOOT_INPUTS) $(CARGO) test -p abforge-tests --test boot -- --ignored --test-threads=1 --nocapture
 
 clean:
 	$(CARGO) clean

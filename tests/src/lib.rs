@@ -4,6 +4,7 @@
 //! Each area keeps its tests in `tests/tests/<area>.rs` and any helpers of its own
 //! in `src/<area>.rs`.
 
+pub mod boot;
 pub mod gpt_fat;
 pub mod kernels;
 pub mod vhdx;
