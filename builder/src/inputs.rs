@@ -4,15 +4,23 @@
 //! the build writes, so each source is read once.
 
 use std::collections::{BTreeMap, HashMap};
+use std::path::Path;
 
 use abforge_partitions::tree::FileTree;
 use abforge_partitions::{ext4, fat};
 
 use crate::manifest::{
-    FilesystemKind, Manifest, ManifestError, Size, SizeSpec, SourceLocation, VerityMode,
+    FilesystemKind, Manifest, ManifestError, Size, SizeSpec, SourceLocation, Spanned, VerityMode,
+    location_of,
 };
 use crate::plan::{ALIGNMENT, Contents, Plan, PlannedPartition, size_with_appended_tree};
+use crate::profile::config::SystemConfig;
+use crate::profile::{ProfileContext, compose};
 use crate::source::{SourceOptions, load_source};
+
+/// Where the running system mounts the Data and Log partitions.
+pub const DATA_MOUNT: &str = "/var";
+pub const LOG_MOUNT: &str = "/logs";
 
 /// Room added to a `size: auto` file system when the manifest gives no `headroom`.
 pub const DEFAULT_HEADROOM: u64 = 16 << 20;
@@ -24,11 +32,19 @@ pub struct Inputs {
     pub rootfs: Option<FileTree>,
     /// Directory contents, by GPT index.
     pub trees: BTreeMap<u32, FileTree>,
+    /// The initial content of the Data partition (the root's `/var` and the
+    /// overlay directories), when the manifest has a `system:` profile.
+    pub data: Option<FileTree>,
+    /// Things the user should know that do not stop the build.
+    pub warnings: Vec<String>,
 }
 
 impl Inputs {
     /// The tree a partition's file system is made from; `None` for an empty one.
     pub fn tree_for(&self, partition: &PlannedPartition) -> Option<&FileTree> {
+        if partition.contents.is_none() && partition.mount.as_deref() == Some(DATA_MOUNT) {
+            return self.data.as_ref();
+        }
         match partition.contents.as_ref()? {
             Contents::Rootfs => self.rootfs.as_ref(),
             Contents::Directory(_) => self.trees.get(&partition.index),
@@ -62,6 +78,11 @@ pub fn load_inputs(plan: &Plan, manifest: &Manifest) -> Result<Inputs, Vec<Manif
                     format!("cannot read the root source {}: {err:#}", path.display()),
                 )),
             }
+        }
+    }
+    if let Some(system) = &manifest.system {
+        if let Err(mut problems) = apply_profile(plan, system, &mut inputs) {
+            errors.append(&mut problems);
         }
     }
     for partition in &plan.partitions {
@@ -102,6 +123,62 @@ pub fn load_inputs(plan: &Plan, manifest: &Manifest) -> Result<Inputs, Vec<Manif
         }
     }
     if errors.is_empty() { Ok(inputs) } else { Err(errors) }
+}
+
+/// Composes the security profile over the root tree: the root gains the
+/// generated files and loses its `/var`, which becomes the Data partition's tree.
+fn apply_profile(
+    plan: &Plan,
+    system: &Spanned<SystemConfig>,
+    inputs: &mut Inputs,
+) -> Result<(), Vec<ManifestError>> {
+    let at = |message: String| vec![error(&location_of(&plan.manifest_path, system), message)];
+    let base_dir = plan.manifest_path.parent().unwrap_or(Path::new("."));
+    let problems = system.value.validate(base_dir);
+    if !problems.is_empty() {
+        return Err(problems
+            .into_iter()
+            .map(|p| ManifestError {
+                location: p.location.map(|(line, column)| SourceLocation {
+                    file: plan.manifest_path.clone(),
+                    line: u32::try_from(line).unwrap_or(u32::MAX),
+                    column: u32::try_from(column).unwrap_or(u32::MAX),
+                }),
+                message: format!("system: {}", p.message),
+            })
+            .collect());
+    }
+    let find = |mount: &str| plan.partitions.iter().find(|p| p.mount.as_deref() == Some(mount));
+    let data = find(DATA_MOUNT).ok_or_else(|| {
+        at(format!("system: the profile puts /var and the overlays on a Data partition, but no partition has 'mount: {DATA_MOUNT}'"))
+    })?;
+    if data.filesystem != FilesystemKind::Ext4 || data.contents.is_some() {
+        return Err(at(format!(
+            "system: the Data partition '{}' (mount {DATA_MOUNT}) must be ext4 without contents: its contents come from the root's /var",
+            data.name
+        )));
+    }
+    let log = find(LOG_MOUNT).ok_or_else(|| {
+        at(format!("system: no partition has 'mount: {LOG_MOUNT}' for the Log partition"))
+    })?;
+    let mut root = inputs
+        .rootfs
+        .take()
+        .ok_or_else(|| at("system: a profile needs the root tree (rootfs.source)".to_string()))?;
+    let context = ProfileContext::new(
+        &plan.name,
+        &plan.version,
+        log.uuid,
+        data.uuid,
+        plan.source_date_epoch,
+        base_dir,
+    );
+    let summary =
+        compose(&mut root, &system.value, &context).map_err(|err| at(format!("{err:#}")))?;
+    inputs.warnings.extend(summary.warnings);
+    inputs.rootfs = Some(root);
+    inputs.data = Some(summary.data);
+    Ok(())
 }
 
 /// The smallest file system (bytes) that holds a partition's contents.

@@ -8,6 +8,10 @@ use std::path::Path;
 use abforge_partitions::gpt::{self, PartitionType, ReadAt, attribute_names};
 use abforge_partitions::probe::{FsProbe, probe_filesystem};
 use anyhow::Context as _;
+use ext4_view::{Ext4, Ext4Read};
+use std::sync::Arc;
+
+use crate::profile::inspect::{ProfileReport, RootReader, describe_profile};
 use serde::Serialize;
 
 use crate::container::{DiskSource, detect_format, open_image};
@@ -52,6 +56,46 @@ pub struct InspectedPartition {
     pub attribute_names: Vec<String>,
     pub read_only: bool,
     pub filesystem: FoundFilesystem,
+    /// The security profile found in an ext4 root, read from the image alone.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub profile: Option<ProfileReport>,
+}
+
+/// Reads one partition of a disk, for ext4-view.
+struct PartitionBytes {
+    disk: Arc<dyn DiskSource>,
+    offset: u64,
+    len: u64,
+}
+
+impl Ext4Read for PartitionBytes {
+    fn read(
+        &mut self,
+        start: u64,
+        dst: &mut [u8],
+    ) -> Result<(), Box<dyn std::error::Error + Send + Sync + 'static>> {
+        let end = start.checked_add(dst.len() as u64).filter(|&end| end <= self.len);
+        if end.is_none() {
+            return Err(format!("read at {start} is past the end of the partition").into());
+        }
+        Ok(self.disk.read_at(dst, self.offset + start)?)
+    }
+}
+
+/// An ext4 file system in an image, as the profile reader sees it.
+struct Ext4Root(Ext4);
+
+impl RootReader for Ext4Root {
+    fn read_file(&self, path: &str) -> Option<Vec<u8>> {
+        self.0.read(path).ok()
+    }
+}
+
+/// The profile of the root file system in a partition, if it has one.
+fn root_profile(disk: &Arc<dyn DiskSource>, offset: u64, len: u64) -> Option<ProfileReport> {
+    let fs = Ext4::load(Box::new(PartitionBytes { disk: Arc::clone(disk), offset, len })).ok()?;
+    let report = describe_profile(&Ext4Root(fs));
+    report.is_present().then_some(report)
 }
 
 /// What `inspect` found in a partition, flattened for JSON: `kind` is `vfat`,
@@ -158,7 +202,7 @@ pub fn inspect_image(path: &Path) -> anyhow::Result<Inspection> {
             std::fs::File::open(path).with_context(|| format!("cannot open {}", path.display()))?;
         detect_format(&file).with_context(|| format!("cannot read {}", path.display()))?
     };
-    let disk = open_image(path)?;
+    let disk: Arc<dyn DiskSource> = Arc::from(open_image(path)?);
     let reader = DiskReader(disk.as_ref());
     let layout = gpt::read_gpt(&reader, disk.size())
         .with_context(|| format!("{} has no readable GPT", path.display()))?;
@@ -178,7 +222,12 @@ pub fn inspect_image(path: &Path) -> anyhow::Result<Inspection> {
             attribute_names: attribute_names(entry.attributes),
             read_only: entry.attributes & (1 << 60) != 0,
             filesystem: FoundFilesystem::from_probe(probe_filesystem(&reader, offset, size)),
+            profile: None,
         });
+        let found = partitions.last_mut().expect("just pushed");
+        if found.filesystem.kind == "ext4" && found.type_name == Some("root") {
+            found.profile = root_profile(&disk, offset, size);
+        }
     }
     Ok(Inspection {
         report_version: crate::report::REPORT_VERSION,
@@ -226,6 +275,9 @@ impl Inspection {
                 flags,
                 p.filesystem.summary()
             );
+            for line in p.profile.iter().flat_map(ProfileReport::lines) {
+                let _ = writeln!(out, "       {line}");
+            }
         }
         out
     }

@@ -70,6 +70,11 @@ pub fn run_build(args: BuildArgs) -> anyhow::Result<ExitCode> {
         format: args.format,
     };
     let (plan, inputs) = prepare(&args.manifest, &overrides)?;
+    if !args.quiet {
+        for warning in &inputs.warnings {
+            eprintln!("warning: {warning}");
+        }
+    }
     let output = build(&plan, &inputs, &args.out)
         .with_context(|| format!("building {}", args.manifest.display()))?;
     if args.json {

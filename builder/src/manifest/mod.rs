@@ -138,6 +138,10 @@ pub struct Manifest {
     #[serde(default)]
     pub rootfs: Option<RootfsSpec>,
     pub partitions: Spanned<Vec<PartitionSpec>>,
+    /// The security profile baked into the root (overlays, firewall, SSH,
+    /// identity, extra files); absent means the root is written as given.
+    #[serde(default)]
+    pub system: Option<Spanned<crate::profile::config::SystemConfig>>,
 }
 
 /// The root file-system source.
