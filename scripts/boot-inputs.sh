@@ -40,7 +40,7 @@ prune_modules="sound drivers/gpu drivers/media drivers/net/wireless drivers/net/
 # Documentation and translations: an image without a package manager never shows them.
 prune_dirs="usr/share/doc usr/share/man usr/share/info usr/share/locale"
 grub_modules="part_gpt fat ext2 search search_fs_file search_fs_uuid configfile echo serial
-  terminal loadenv test halt linux normal reboot sleep"
+  terminal loadenv test halt linux normal reboot sleep regexp"
 # The ESP is 8 MiB and holds the bootloader twice at most: keep GRUB well below.
 grub_max_bytes=$((2 * 1024 * 1024))
 

@@ -3,6 +3,7 @@
 //! temporary name and renamed when complete, so a failed build leaves nothing
 //! under a final name.
 
+use std::borrow::Cow;
 use std::collections::BTreeMap;
 use std::fs::{self, File};
 use std::io;
@@ -27,8 +28,9 @@ use crate::container::{
 };
 use crate::inputs::Inputs;
 use crate::manifest::{FilesystemKind, ImageFormat, VerityMode};
-use crate::plan::{Plan, PlannedPartition, verity_geometry};
+use crate::plan::{Contents, Plan, PlannedPartition, verity_geometry};
 use crate::report::{ImageReport, Report, VerityReport};
+use abforge_partitions::gpt::PartitionType;
 use abforge_verity::VerityParams;
 
 /// What building one partition produced, for the report.
@@ -109,35 +111,92 @@ pub fn build(plan: &Plan, inputs: &Inputs, out_dir: &Path) -> anyhow::Result<Bui
     Ok(BuildOutput { image, report_path, report })
 }
 
-/// Runs every partition's producer in parallel; `region` gives the window each
-/// one writes into. Results are in GPT order.
+/// Runs the partition producers in parallel; `region` gives the window each one
+/// writes into. Boot partitions run second: their command lines carry the root
+/// hash of their slot, known once the roots are written. Results are in GPT order.
 fn produce_partitions<'a>(
     plan: &Plan,
     inputs: &Inputs,
     region: impl Fn(&PlannedPartition) -> FileRegion<'a> + Sync,
 ) -> anyhow::Result<Vec<Produced>> {
+    let run = |second_phase: bool, roots: &BTreeMap<Option<String>, VerityReport>| {
+        plan.partitions
+            .par_iter()
+            .filter(|p| (p.contents == Some(Contents::Boot)) == second_phase)
+            .map(|partition| {
+                let verity = roots.get(&partition.slot);
+                let result = partition_tree(plan, inputs, partition, verity)
+                    .and_then(|tree| produce(plan, &tree, partition, region(partition)));
+                result
+                    .map(|produced| (partition.index, produced))
+                    .with_context(|| format!("writing partition '{}'", partition.name))
+            })
+            .collect::<anyhow::Result<BTreeMap<u32, Produced>>>()
+    };
+    let mut produced = run(false, &BTreeMap::new())?;
+    let roots: BTreeMap<Option<String>, VerityReport> = plan
+        .partitions
+        .iter()
+        .filter(|p| p.contents == Some(Contents::Rootfs))
+        .filter_map(|p| Some((p.slot.clone(), produced.get(&p.index)?.verity.clone()?)))
+        .collect();
+    produced.append(&mut run(true, &roots)?);
+    Ok(produced.into_values().collect())
+}
+
+/// The tree a partition's file system is written from: its contents, with the
+/// boot chain's files on the ESPs and Boot partitions. `verity` is the tree of
+/// the slot's root (a Boot partition's command line names its root hash).
+pub fn partition_tree<'a>(
+    plan: &Plan,
+    inputs: &'a Inputs,
+    partition: &PlannedPartition,
+    verity: Option<&VerityReport>,
+) -> anyhow::Result<Cow<'a, FileTree>> {
+    if let Some(boot) = &inputs.boot {
+        if partition.contents == Some(Contents::Boot) {
+            return Ok(Cow::Owned(boot.boot_tree(plan, partition, verity)?));
+        }
+        if partition.type_guid == PartitionType::Esp.guid()
+            && partition.filesystem == FilesystemKind::Vfat
+        {
+            return Ok(Cow::Owned(boot.esp_tree(
+                plan,
+                inputs.tree_for(partition),
+                &boot_fs_uuids(plan),
+            )?));
+        }
+    }
+    Ok(match inputs.tree_for(partition) {
+        Some(tree) => Cow::Borrowed(tree),
+        None => Cow::Owned(FileTree::new(Metadata::new(
+            0o755,
+            0,
+            0,
+            Timestamp::from_seconds(plan.source_date_epoch),
+        ))),
+    })
+}
+
+/// The ext4 UUID of each slot's Boot partition, which GRUB's selector searches for.
+fn boot_fs_uuids(plan: &Plan) -> BTreeMap<String, abforge_partitions::Guid> {
     plan.partitions
-        .par_iter()
-        .map(|partition| {
-            produce(plan, inputs, partition, region(partition))
-                .with_context(|| format!("writing partition '{}'", partition.name))
-        })
+        .iter()
+        .filter(|p| p.contents == Some(Contents::Boot))
+        .filter_map(|p| Some((p.slot.clone()?, ext4_options(plan, p).uuid)))
         .collect()
 }
 
 fn produce(
     plan: &Plan,
-    inputs: &Inputs,
+    tree: &FileTree,
     partition: &PlannedPartition,
     region: FileRegion<'_>,
 ) -> anyhow::Result<Produced> {
-    let empty =
-        FileTree::new(Metadata::new(0o755, 0, 0, Timestamp::from_seconds(plan.source_date_epoch)));
-    let tree = inputs.tree_for(partition).unwrap_or(&empty);
     let mut produced = match partition.filesystem {
         FilesystemKind::None => Produced::default(),
         FilesystemKind::Vfat => {
-            let volume_id = plan.seed.fat_volume_id(&partition.template);
+            let volume_id = plan.seed.fat_volume_id(fs_identity(partition));
             let label = fat_label(&partition.label);
             let options = FatOptions {
                 volume_id,
@@ -206,13 +265,20 @@ fn append_verity(
     })
 }
 
-/// The ext4 options of a partition. Identities derive from the manifest name, not
-/// the slot, for the same reason as the verity salt.
+/// The name a file system's identities (UUID, hash seed, volume id) derive from.
+/// The root's comes from the manifest name, not the slot, so a root partition is
+/// the same bytes in either slot; every other file system is the slot's own (the
+/// selector finds each slot's Boot partition by its UUID).
+fn fs_identity(partition: &PlannedPartition) -> &str {
+    if partition.contents == Some(Contents::Rootfs) { &partition.template } else { &partition.name }
+}
+
+/// The ext4 options of a partition.
 pub fn ext4_options(plan: &Plan, partition: &PlannedPartition) -> Ext4Options {
     Ext4Options {
         label: ext4_label(&partition.label),
-        uuid: plan.seed.derive_guid("ext4-uuid", &partition.template),
-        hash_seed: plan.seed.derive_guid("ext4-hash-seed", &partition.template),
+        uuid: plan.seed.derive_guid("ext4-uuid", fs_identity(partition)),
+        hash_seed: plan.seed.derive_guid("ext4-hash-seed", fs_identity(partition)),
         timestamp: Timestamp::from_seconds(plan.source_date_epoch),
         journal: partition.journal,
         // Read-write partitions get mke2fs's inode density; read-only ones just

@@ -9,6 +9,7 @@ use std::path::Path;
 use abforge_partitions::tree::FileTree;
 use abforge_partitions::{ext4, fat};
 
+use crate::boot::{BootPayload, prepare_boot};
 use crate::manifest::{
     FilesystemKind, Manifest, ManifestError, Size, SizeSpec, SourceLocation, Spanned, VerityMode,
     location_of,
@@ -37,6 +38,8 @@ pub struct Inputs {
     pub data: Option<FileTree>,
     /// Things the user should know that do not stop the build.
     pub warnings: Vec<String>,
+    /// The boot chain, when the manifest has `boot:`.
+    pub boot: Option<BootPayload>,
 }
 
 impl Inputs {
@@ -90,10 +93,14 @@ pub fn load_inputs(plan: &Plan, manifest: &Manifest) -> Result<Inputs, Vec<Manif
         let location = partition.contents_location.as_ref().unwrap_or(&partition.location);
         match contents {
             Contents::Rootfs => {}
-            Contents::Boot => errors.push(error(
+            Contents::Boot if manifest.boot.is_none() => errors.push(error(
                 location,
-                format!("partition '{}': boot contents are not supported yet", partition.name),
+                format!(
+                    "partition '{}' takes the boot contents but the manifest has no boot: section",
+                    partition.name
+                ),
             )),
+            Contents::Boot => {}
             Contents::Directory(path) => {
                 if !path.exists() {
                     errors.push(error(
@@ -120,6 +127,22 @@ pub fn load_inputs(plan: &Plan, manifest: &Manifest) -> Result<Inputs, Vec<Manif
                     )),
                 }
             }
+        }
+    }
+    if let Some(spec) = &manifest.boot
+        && errors.is_empty()
+    {
+        match prepare_boot(plan, spec, inputs.rootfs.as_ref()) {
+            Ok(payload) => {
+                if !payload.skipped_modules.is_empty() {
+                    inputs.warnings.push(format!(
+                        "the kernel has no {} module: the initramfs goes without",
+                        payload.skipped_modules.join(", ")
+                    ));
+                }
+                inputs.boot = Some(payload);
+            }
+            Err(mut problems) => errors.append(&mut problems),
         }
     }
     if errors.is_empty() { Ok(inputs) } else { Err(errors) }
@@ -187,8 +210,10 @@ fn needed_fs_size(
     partition: &PlannedPartition,
     inputs: &Inputs,
 ) -> Result<u64, String> {
-    let empty = FileTree::new(Default::default());
-    let tree = inputs.tree_for(partition).unwrap_or(&empty);
+    let placeholder = crate::boot::placeholder_verity(plan, partition);
+    let tree = crate::build::partition_tree(plan, inputs, partition, placeholder.as_ref())
+        .map_err(|e| format!("partition '{}': {e:#}", partition.name))?;
+    let tree = tree.as_ref();
     match partition.filesystem {
         FilesystemKind::Vfat => {
             fat::min_fat_size(tree).map_err(|e| format!("partition '{}': {e}", partition.name))

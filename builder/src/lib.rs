@@ -4,6 +4,7 @@
 //! producers → verity → disk container → report. This crate is the only one that
 //! reads files named in a manifest or on the command line.
 
+pub mod boot;
 pub mod build;
 pub mod cli;
 pub mod container;

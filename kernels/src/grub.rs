@@ -10,15 +10,22 @@
 //!
 //! # The boot chain
 //!
-//! 1. Firmware runs `\EFI\BOOT\BOOTX64.EFI` from the first ESP: a GRUB image made by
-//!    `grub-mkstandalone` whose **embedded config** must do exactly
+//! 1. Firmware runs `\EFI\BOOT\BOOTX64.EFI` from an ESP (the first, normally): a
+//!    GRUB image made by `grub-mkstandalone` (with the `regexp` module) whose
+//!    **embedded config** must do exactly [`EMBEDDED_CONFIG`]:
 //!    ```text
+//!    regexp --set=1:root '^(\([^)]*\))' "$cmdpath"
+//!    if [ -f /EFI/abforge/select.cfg ]; then configfile /EFI/abforge/select.cfg; fi
 //!    search --no-floppy --file --set=root /EFI/abforge/select.cfg
 //!    configfile /EFI/abforge/select.cfg
 //!    ```
-//!    (it can set up a serial console first). The binary carries nothing specific to
-//!    an image, so one build of it serves every image. When both ESPs carry the
-//!    selector, `search` takes the first in device order: the first ESP.
+//!    that is: run the selector of the ESP GRUB was loaded from (`$cmdpath` is
+//!    `(hd0,gpt1)/EFI/BOOT`), and search for one only if that ESP has none. Both
+//!    ESPs carry the selector and `search` takes whichever GRUB's device order
+//!    finds first (seen: the second ESP under OVMF), so without the first line
+//!    the state `abforge slot` edits (on the first ESP) and the state GRUB reads
+//!    could differ. The binary carries nothing specific to an image, so one build
+//!    of it serves every image.
 //! 2. The selector (`EFI/abforge/select.cfg`, [`render_selector`]) keeps `$root` (that
 //!    ESP), loads its state from `EFI/abforge/grubenv` on the same ESP, picks the slot
 //!    (below), and runs a menu entry per slot with `default` = the chosen slot and
@@ -66,8 +73,10 @@ pub const ENVBLK_PATH: &str = "/EFI/abforge/grubenv";
 /// Where each slot's config lives on its Boot partition.
 pub const SLOT_CONFIG_PATH: &str = "/abforge/grub.cfg";
 /// The embedded config of the GRUB EFI binary (see the module comment).
-pub const EMBEDDED_CONFIG: &str = "search --no-floppy --file --set=root /EFI/abforge/select.cfg\n\
-                                   configfile /EFI/abforge/select.cfg\n";
+pub const EMBEDDED_CONFIG: &str = "regexp --set=1:root '^(\\([^)]*\\))' \"$cmdpath\"\n\
+if [ -f /EFI/abforge/select.cfg ]; then configfile /EFI/abforge/select.cfg; fi\n\
+search --no-floppy --file --set=root /EFI/abforge/select.cfg\n\
+configfile /EFI/abforge/select.cfg\n";
 
 /// Environment variable: the committed slot.
 pub const VAR_DEFAULT: &str = "abforge_default";

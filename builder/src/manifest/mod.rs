@@ -142,6 +142,9 @@ pub struct Manifest {
     /// identity, extra files); absent means the root is written as given.
     #[serde(default)]
     pub system: Option<Spanned<crate::profile::config::SystemConfig>>,
+    /// The boot chain: kernel, initramfs, GRUB and the A/B selector.
+    #[serde(default)]
+    pub boot: Option<crate::boot::BootSpec>,
 }
 
 /// The root file-system source.

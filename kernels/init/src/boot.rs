@@ -231,7 +231,7 @@ fn load_modules(
         match modules::load(&path, cmdline).map_err(|e| e.to_string())? {
             Loaded::Now => now += 1,
             Loaded::Already => already += 1,
-            Loaded::NoDevice => {
+            Loaded::NoDevice | Loaded::MissingDependency => {
                 absent.push(modules::module_name(&path).map(|(n, _)| n).unwrap_or(path))
             }
         }

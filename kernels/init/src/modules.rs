@@ -7,7 +7,9 @@
 //! Each module is loaded with `finit_module(2)`; one already loaded (EEXIST) is
 //! fine, and so is a driver whose hardware is absent (ENODEV: `hv_vmbus` outside
 //! Hyper-V, `crc32c-intel` without SSE 4.2), so one initramfs serves several
-//! hypervisors; if something needed is missing, a later step says what. Compressed modules (`.ko.gz`, `.ko.xz`, `.ko.zst`) are handed to the
+//! hypervisors; a module whose dependency was skipped that way fails with ENOENT
+//! (unknown symbols) and is skipped too. If something needed is missing, a later
+//! step says what. Compressed modules (`.ko.gz`, `.ko.xz`, `.ko.zst`) are handed to the
 //! kernel with MODULE_INIT_COMPRESSED_FILE, which needs a kernel built with
 //! CONFIG_MODULE_DECOMPRESS. Module parameters given on the kernel command line as
 //! `<module>.<param>=<value>` are passed along, as modprobe does.
@@ -90,6 +92,10 @@ pub enum Loaded {
     Already,
     /// The module refused to load because its hardware is absent (ENODEV).
     NoDevice,
+    /// A symbol it needs is missing (ENOENT from finit_module): a module it
+    /// depends on was skipped for absent hardware (`hv_storvsc` after `hv_vmbus`
+    /// outside Hyper-V).
+    MissingDependency,
 }
 
 /// Loads one module file with its command-line parameters.
@@ -108,6 +114,8 @@ pub fn load(path: &str, cmdline: &[Param]) -> Result<Loaded, ModuleError> {
         Ok(()) => Ok(Loaded::Now),
         Err(rustix::io::Errno::EXIST) => Ok(Loaded::Already),
         Err(rustix::io::Errno::NODEV) => Ok(Loaded::NoDevice),
+        // The file is open, so ENOENT can only mean an unresolved symbol.
+        Err(rustix::io::Errno::NOENT) => Ok(Loaded::MissingDependency),
         Err(e) => Err(ModuleError::Load { path: path.to_string(), source: e.into() }),
     }
 }
