@@ -34,21 +34,32 @@ fi
 
 now() { date +%s.%N; }
 
+# Seconds one command takes: the best of two runs (page cache warm for both tools).
+best_of_two() {
+    local best="" t0 t1 d
+    for _ in 1 2; do
+        rm -f "$WORK/out.img"
+        sync
+        t0=$(now)
+        "$@" >/dev/null
+        t1=$(now)
+        d=$(awk -v a="$t0" -v b="$t1" 'BEGIN { printf "%.3f", b - a }')
+        if [ -z "$best" ] || awk -v d="$d" -v b="$best" 'BEGIN { exit !(d < b) }'; then best=$d; fi
+    done
+    rm -f "$WORK/out.img"
+    echo "$best"
+}
+
 run_pair() {
     local name=$1 tree=$2 size=$3
-    sync
-    local t0 t1 t2
-    t0=$(now)
-    E2FSPROGS_FAKE_TIME=1700000000 mke2fs -q -F -t ext4 -b 4096 -I 256 -O ^has_journal,^resize_inode \
-        -E root_owner=0:0 -d "$tree" "$WORK/mke2fs.img" "$size" >/dev/null
-    t1=$(now)
-    SOURCE_DATE_EPOCH=1700000000 "$ABFORGE" mkfs ext4 "$tree" "$WORK/abforge.img" --size "$size" >/dev/null
-    t2=$(now)
-    awk -v n="$name" -v a="$t0" -v b="$t1" -v c="$t2" 'BEGIN {
-        m = b - a; f = c - b;
+    local m f
+    m=$(best_of_two env E2FSPROGS_FAKE_TIME=1700000000 mke2fs -q -F -t ext4 -b 4096 -I 256 \
+        -O ^has_journal,^resize_inode -E root_owner=0:0 -d "$tree" "$WORK/out.img" "$size")
+    f=$(best_of_two env SOURCE_DATE_EPOCH=1700000000 "$ABFORGE" mkfs ext4 "$tree" "$WORK/out.img" --size "$size")
+    awk -v n="$name" -v m="$m" -v f="$f" 'BEGIN {
         printf "ext4 %-22s mke2fs -d %7.3fs   abforge %7.3fs   ratio %5.1fx\n", n, m, f, m / f }'
-    rm -f "$WORK/mke2fs.img" "$WORK/abforge.img"
 }
 
 run_pair "debootstrap root" "$DEBROOT" 1G
-run_pair "50000 small files" "$SMALL" 512M
+# 1G, not less: mke2fs's default of one inode per 16 KiB must number 50 000 files.
+run_pair "50000 small files" "$SMALL" 1G

@@ -417,3 +417,19 @@ impl Drop for LoopMount {
         let _ = Command::new("umount").arg(&self.dir).status();
     }
 }
+
+/// The distinct `region`-aligned regions (offset / region) of a sparse file that hold
+/// a non-zero byte: what a dynamic VHDX with `region`-byte blocks would store.
+pub fn nonzero_regions(path: &Path, region: u64) -> std::collections::BTreeSet<u64> {
+    crate::layout::nonzero_blocks(path).iter().map(|(offset, _)| offset / region).collect()
+}
+
+/// `dumpe2fs` output (header and groups) of an image.
+pub fn dumpe2fs(image: &Path, header_only: bool) -> String {
+    let mut cmd = Command::new(crate::tool("dumpe2fs"));
+    if header_only {
+        cmd.arg("-h");
+    }
+    let out = crate::run_ok(cmd.arg(image).env("LC_ALL", "C"));
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}

@@ -232,7 +232,7 @@ fn multi_group_image_with_journal() {
     opts.journal = true;
     opts.inode_ratio = Some(16384);
     let tree = everything_tree();
-    // 600 MiB: 5 groups, backups in groups 1 and 3, a 16 MiB journal.
+    // 600 MiB: 5 groups, backups in groups 1 and 4 (sparse_super2), a 16 MiB journal.
     let summary = write_image(&tree, &opts, &image, 600 * MIB).unwrap();
     assert_eq!(summary.journal_blocks, 4096);
     assert_eq!(summary.inode_count, 600 * MIB / 16384);
@@ -377,4 +377,78 @@ fn more_than_65000_subdirectories_use_dir_nlink() {
     let text = String::from_utf8_lossy(&out.stdout);
     // 2 + 65001 does not fit ext4's limit: the count is 1, "many" (dir_nlink).
     assert!(text.contains("Links: 1 "), "{text}");
+}
+
+/// An empty read-write file system (journal, one inode per 16 KiB) of `size` bytes in
+/// a new sparse file; returns how long the write took.
+fn write_empty_rw(image: &std::path::Path, size: u64) -> std::time::Duration {
+    let mut opts = options();
+    opts.journal = true;
+    opts.inode_ratio = Some(16384);
+    let tree = FileTree::new(meta(0o755));
+    let start = std::time::Instant::now();
+    write_image(&tree, &opts, image, size).unwrap();
+    start.elapsed()
+}
+
+#[test]
+#[cfg_attr(not(any(ci, have_e2fsck)), ignore = "needs e2fsck (package e2fsprogs)")]
+fn size_costs_nothing_two_tib_has_as_few_data_regions_as_two_gib() {
+    const VHDX_BLOCK: u64 = 32 * MIB;
+    let dir = scratch();
+    let mut regions = Vec::new();
+    for (name, size) in [("2gib.img", 2u64 << 30), ("2tib.img", 2u64 << 40)] {
+        let image = dir.path().join(name);
+        let took = write_empty_rw(&image, size);
+        assert_e2fsck_clean(&image);
+        let found = nonzero_regions(&image, VHDX_BLOCK);
+        let allocated = abforge_tests::layout::allocated_bytes(&image);
+        eprintln!(
+            "{name}: written in {took:?}, {} non-zero 32 MiB regions {found:?}, {allocated} bytes allocated",
+            found.len()
+        );
+        regions.push(found.len());
+        let header = dumpe2fs(&image, true);
+        assert!(header.contains("sparse_super2"), "{header}");
+        let last = size / (128 * MIB) - 1;
+        assert!(header.contains(&format!("Backup block groups:      1 {last}")), "{header}");
+    }
+    assert!(regions[1] <= regions[0] + 2, "2 TiB: {} regions, 2 GiB: {}", regions[1], regions[0]);
+    // The groups past the metadata are uninitialised, the last group never.
+    let groups = dumpe2fs(&dir.path().join("2tib.img"), false);
+    assert!(groups.contains("Group 5000: (Blocks 163840000-163872767) csum"), "no group 5000");
+    let flags = |group: u32| {
+        let at = groups.find(&format!("Group {group}: ")).unwrap();
+        groups[at..].lines().next().unwrap().split_once('[').map(|(_, f)| f.to_string())
+    };
+    assert_eq!(flags(5000).as_deref(), Some("INODE_UNINIT, BLOCK_UNINIT, ITABLE_ZEROED]"));
+    assert_eq!(flags(16383).as_deref(), Some("INODE_UNINIT, ITABLE_ZEROED]"));
+    assert_eq!(flags(0).as_deref(), Some("ITABLE_ZEROED]"));
+}
+
+#[test]
+#[cfg(is_root)]
+fn a_two_tib_empty_image_mounts_read_write_and_stays_clean() {
+    let dir = scratch();
+    let image = dir.path().join("big.img");
+    write_empty_rw(&image, 2 << 40);
+    {
+        let mount = LoopMount::new(&image, &dir.path().join("ro"), "loop,ro");
+        assert!(mount.dir.join("lost+found").is_dir());
+    }
+    {
+        let mount = LoopMount::new(&image, &dir.path().join("mnt"), "loop,rw");
+        let m = &mount.dir;
+        std::fs::write(m.join("new-file"), vec![7u8; 40 << 20]).unwrap();
+        std::fs::create_dir(m.join("new-dir")).unwrap();
+        for i in 0..200 {
+            std::fs::write(m.join("new-dir").join(format!("f{i}")), b"x").unwrap();
+        }
+        run_ok(&mut Command::new("sync"));
+    }
+    assert_e2fsck_clean(&image);
+    let allocated = abforge_tests::layout::allocated_bytes(&image);
+    eprintln!("after the mount: {allocated} bytes allocated");
+    // The kernel found the inode tables zeroed: no lazy-init pass wrote 32 GiB.
+    assert!(allocated < 1 << 30, "{allocated} bytes allocated after a rw mount");
 }

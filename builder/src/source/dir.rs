@@ -6,14 +6,17 @@
 //! nanosecond, extended attributes (every namespace the kernel lets us list;
 //! a file system without xattr support simply gives none), device numbers, symbolic
 //! link targets as bytes, and hard links (non-directories with more than one link,
-//! by device and inode number). File contents stay on the host: a [`HostFile`]
-//! reopens the file when the writer reads it, and reports its holes with
-//! `SEEK_DATA`/`SEEK_HOLE`.
+//! by device and inode number).
 //!
 //! Each regular file is opened once while loading, so an unreadable file is an
 //! error naming it now rather than halfway through writing an image; its xattrs
 //! are read through that descriptor (symbolic links, devices and FIFOs, which must
-//! not be opened, by path). Left out:
+//! not be opened, by path). Small files (up to [`INLINE_MAX`] bytes, while the
+//! [`INLINE_BUDGET`] lasts) are read through it too and kept in memory: a root file
+//! system is mostly small files, and opening each one again to write it costs more
+//! than reading it. Larger contents stay on the host: a [`HostFile`] reopens the
+//! file when the writer reads it, and reports the holes found with
+//! `SEEK_DATA`/`SEEK_HOLE` while loading. Left out:
 //! access and change times (file systems get the modification time for all), and
 //! the directories' own link counts (the writer computes them).
 
@@ -40,6 +43,12 @@ use rustix::io::Errno;
 
 use super::{SourceOptions, is_excluded, show};
 
+/// Largest file read into memory while loading.
+pub const INLINE_MAX: u64 = 64 << 10;
+
+/// Most bytes of small files held in memory per tree; later files are read when written.
+pub const INLINE_BUDGET: u64 = 64 << 20;
+
 /// Reads the directory `root` (its own metadata becomes the tree root's).
 pub fn load_directory(root: &Path, opts: &SourceOptions) -> anyhow::Result<FileTree> {
     let cannot_read = |path: &Path| format!("cannot read the directory '{}'", path.display());
@@ -49,6 +58,7 @@ pub fn load_directory(root: &Path, opts: &SourceOptions) -> anyhow::Result<FileT
         .with_context(|| cannot_read(root))?;
     let mut tree = FileTree::new(metadata_of(&root_stat));
     let mut xattrs = XattrReader::default();
+    let mut inline_left = INLINE_BUDGET;
 
     // Hard-linked non-directories already in the tree, by device and inode.
     let mut inodes: HashMap<(u32, u32, u64), NodeId> = HashMap::new();
@@ -122,10 +132,23 @@ pub fn load_directory(root: &Path, opts: &SourceOptions) -> anyhow::Result<FileT
                     .map_err(io::Error::from)
                     .with_context(|| format!("cannot read '{}'", host_path.display()))?;
                     meta.xattrs = xattrs.read(XattrsOf::Fd(file.as_fd()), &host_path)?;
-                    NodeKind::File(Content::Source(Arc::new(HostFile {
-                        path: host_path.clone(),
-                        len: stat.stx_size,
-                    })))
+                    let file = File::from(file);
+                    let len = stat.stx_size;
+                    let content = if len == 0 {
+                        Content::empty()
+                    } else if len <= INLINE_MAX.min(inline_left) {
+                        inline_left -= len;
+                        Content::Bytes(Arc::from(read_whole(&file, len, &host_path)?))
+                    } else {
+                        let ranges = data_ranges_of(&file, len)
+                            .with_context(|| format!("cannot read '{}'", host_path.display()))?;
+                        Content::Source(Arc::new(HostFile {
+                            path: host_path.clone(),
+                            len,
+                            ranges: Some(ranges),
+                        }))
+                    };
+                    NodeKind::File(content)
                 }
                 FileType::Symlink => {
                     let target = readlinkat(&dir_fd, &c_name, Vec::new())
@@ -167,6 +190,57 @@ pub fn load_directory(root: &Path, opts: &SourceOptions) -> anyhow::Result<FileT
         }
     }
     Ok(tree)
+}
+
+/// The `len` bytes of a small file, read through its descriptor; a file that
+/// changed length since its `statx` is an error naming it.
+fn read_whole(file: &File, len: u64, path: &Path) -> anyhow::Result<Vec<u8>> {
+    // `len` is at most INLINE_MAX.
+    let mut bytes = vec![0u8; usize::try_from(len).unwrap_or(0)];
+    let mut done = 0;
+    while done < bytes.len() {
+        match file.read_at(&mut bytes[done..], done as u64) {
+            Ok(0) => anyhow::bail!(
+                "cannot read '{}': it shrank to {done} bytes while being read",
+                path.display()
+            ),
+            Ok(n) => done += n,
+            Err(err) if err.kind() == io::ErrorKind::Interrupted => {}
+            Err(err) => {
+                return Err(err).with_context(|| format!("cannot read '{}'", path.display()));
+            }
+        }
+    }
+    Ok(bytes)
+}
+
+/// Byte ranges of `file` (first `len` bytes) that may hold data, from
+/// `SEEK_DATA`/`SEEK_HOLE`; the whole length where the file system cannot tell.
+fn data_ranges_of(file: &File, len: u64) -> io::Result<Vec<Range<u64>>> {
+    let mut ranges = Vec::new();
+    let mut position = 0;
+    while position < len {
+        let start = match rustix::fs::seek(file, SeekFrom::Data(position)) {
+            Ok(start) => start,
+            // No data after `position`: the rest is a hole.
+            Err(Errno::NXIO) => break,
+            // A file system without SEEK_DATA: treat the whole file as data.
+            Err(Errno::INVAL | Errno::NOTSUP) => return Ok(std::iter::once(0..len).collect()),
+            Err(err) => return Err(err.into()),
+        };
+        if start >= len {
+            break;
+        }
+        let end = rustix::fs::seek(file, SeekFrom::Hole(start))?.min(len);
+        if end <= start {
+            // Cannot happen on a sane file system; stop rather than loop.
+            ranges.push(start..len);
+            break;
+        }
+        ranges.push(start..end);
+        position = end;
+    }
+    Ok(ranges)
 }
 
 fn open_dir(at: impl AsFd, path: &Path) -> io::Result<OwnedFd> {
@@ -291,11 +365,13 @@ impl XattrReader {
 pub struct HostFile {
     path: PathBuf,
     len: u64,
+    /// Data ranges found while loading; `None`: asked of the file when needed.
+    ranges: Option<Vec<Range<u64>>>,
 }
 
 impl HostFile {
     pub fn new(path: PathBuf, len: u64) -> HostFile {
-        HostFile { path, len }
+        HostFile { path, len, ranges: None }
     }
 
     fn open(&self) -> io::Result<File> {
@@ -333,39 +409,13 @@ impl ContentSource for HostFile {
     }
 
     fn data_ranges(&self) -> io::Result<Vec<Range<u64>>> {
+        if let Some(ranges) = &self.ranges {
+            return Ok(ranges.clone());
+        }
         if self.len == 0 {
             return Ok(Vec::new());
         }
-        let file = self.open()?;
-        let mut ranges = Vec::new();
-        let mut position = 0;
-        while position < self.len {
-            let start = match rustix::fs::seek(&file, SeekFrom::Data(position)) {
-                Ok(start) => start,
-                // No data after `position`: the rest is a hole.
-                Err(Errno::NXIO) => break,
-                // A file system without SEEK_DATA: treat the whole file as data.
-                Err(Errno::INVAL | Errno::NOTSUP) => {
-                    return Ok(std::iter::once(0..self.len).collect());
-                }
-                Err(err) => return Err(self.name_error(err.into())),
-            };
-            if start >= self.len {
-                break;
-            }
-            let end = match rustix::fs::seek(&file, SeekFrom::Hole(start)) {
-                Ok(end) => end.min(self.len),
-                Err(err) => return Err(self.name_error(err.into())),
-            };
-            if end <= start {
-                // Cannot happen on a sane file system; stop rather than loop.
-                ranges.push(start..self.len);
-                break;
-            }
-            ranges.push(start..end);
-            position = end;
-        }
-        Ok(ranges)
+        data_ranges_of(&self.open()?, self.len).map_err(|err| self.name_error(err))
     }
 
     fn describe(&self) -> String {
@@ -401,5 +451,27 @@ mod tests {
         std::fs::remove_file(&path).unwrap();
         let err = holes.read_at(&mut [0u8; 4], 0).unwrap_err();
         assert!(err.to_string().contains(&path.display().to_string()), "{err}");
+    }
+
+    #[test]
+    fn small_files_are_read_while_loading_and_large_ones_keep_their_holes() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("small"), b"hello").unwrap();
+        let large = File::create(dir.path().join("large")).unwrap();
+        large.set_len(4 << 20).unwrap();
+        large.write_all_at(&[1u8; 4096], 1 << 20).unwrap();
+        let tree = load_directory(dir.path(), &SourceOptions::default()).unwrap();
+        let content = |name: &[u8]| match &tree.node(tree.lookup(name).unwrap()).kind {
+            NodeKind::File(content) => content.clone(),
+            other => panic!("{other:?}"),
+        };
+        assert!(matches!(content(b"small"), Content::Bytes(ref b) if &b[..] == b"hello"));
+        let large = content(b"large");
+        assert!(matches!(large, Content::Source(_)));
+        let expected = std::iter::once((1 << 20)..(1 << 20) + 4096).collect::<Vec<_>>();
+        assert_eq!(large.data_ranges().unwrap(), expected);
+        // The ranges were found while loading: a deleted file still reports them.
+        std::fs::remove_file(dir.path().join("large")).unwrap();
+        assert_eq!(large.data_ranges().unwrap(), expected);
     }
 }

@@ -1,16 +1,25 @@
 //! Block group descriptors (64 bytes with the 64bit feature) and the block and
 //! inode bitmaps they point to (formats.md §3.4, §3.5, checksums §3.10).
 //!
-//! Groups are always fully initialised: no BLOCK_UNINIT or INODE_UNINIT, only
-//! ITABLE_ZEROED (the inode tables of the image do read as zeros), so the kernel
-//! never starts a lazy-init pass on a read-write mount.
+//! Lazy initialisation as mke2fs does it (`lazy_itable_init`, checked against
+//! `dumpe2fs` of `mke2fs -t ext4` on a 2 TiB sparse file): a group other than the
+//! last whose only used blocks are its own superblock copy, descriptor copy and
+//! own metadata inside it is BLOCK_UNINIT; a group with no used inode is
+//! INODE_UNINIT. The bitmap of an uninitialised kind is not written (it stays a
+//! hole) and its checksum field is 0; the kernel and e2fsck compute such bitmaps
+//! from the descriptors. bg_itable_unused counts the unused inodes at the end of
+//! each table. Every group is ITABLE_ZEROED: unwritten inode-table blocks read as
+//! zeros, so the kernel never starts a lazy-init pass that would write them. The
+//! group-descriptor checksums of metadata_csum are what make these flags valid.
 
 use super::checksum;
 use super::le::{bits32_48, hi16, lo16, lo32, put_u16, put_u32};
 use super::{BLOCK_SIZE_USIZE, BLOCKS_PER_GROUP, DESC_SIZE};
 use std::ops::Range;
 
-const BG_ITABLE_ZEROED: u16 = 0x4;
+pub(crate) const BG_INODE_UNINIT: u16 = 0x1;
+pub(crate) const BG_BLOCK_UNINIT: u16 = 0x2;
+pub(crate) const BG_ITABLE_ZEROED: u16 = 0x4;
 
 /// One group's descriptor fields.
 #[derive(Clone, Debug, Default)]
@@ -21,6 +30,10 @@ pub(crate) struct GroupDesc {
     pub free_blocks: u32,
     pub free_inodes: u32,
     pub used_dirs: u32,
+    /// BG_* flags.
+    pub flags: u16,
+    /// Unused inodes at the end of the inode table.
+    pub itable_unused: u32,
     pub block_bitmap_csum: u32,
     pub inode_bitmap_csum: u32,
 }
@@ -35,15 +48,17 @@ impl GroupDesc {
         put_u16(&mut d, 0x0C, lo16(self.free_blocks));
         put_u16(&mut d, 0x0E, lo16(self.free_inodes));
         put_u16(&mut d, 0x10, lo16(self.used_dirs));
-        put_u16(&mut d, 0x12, BG_ITABLE_ZEROED);
+        put_u16(&mut d, 0x12, self.flags);
         put_u16(&mut d, 0x18, lo16(self.block_bitmap_csum));
         put_u16(&mut d, 0x1A, lo16(self.inode_bitmap_csum));
+        put_u16(&mut d, 0x1C, lo16(self.itable_unused));
         put_u32(&mut d, 0x20, u32::from(bits32_48(self.block_bitmap)));
         put_u32(&mut d, 0x24, u32::from(bits32_48(self.inode_bitmap)));
         put_u32(&mut d, 0x28, u32::from(bits32_48(self.inode_table)));
         put_u16(&mut d, 0x2C, hi16(self.free_blocks));
         put_u16(&mut d, 0x2E, hi16(self.free_inodes));
         put_u16(&mut d, 0x30, hi16(self.used_dirs));
+        put_u16(&mut d, 0x32, hi16(self.itable_unused));
         put_u16(&mut d, 0x38, hi16(self.block_bitmap_csum));
         put_u16(&mut d, 0x3A, hi16(self.inode_bitmap_csum));
         let csum = checksum::raw(checksum::raw(fs_seed, &group.to_le_bytes()), &d);
@@ -97,6 +112,20 @@ pub(crate) fn block_bitmap(
     (bitmap, used_count)
 }
 
+/// How many blocks of `start..end` the sorted, disjoint `used` ranges cover. Like
+/// [`block_bitmap`], it first moves `*cursor` past the ranges ending before `start`,
+/// so that consecutive groups scan the list once.
+pub(crate) fn used_in(start: u64, end: u64, used: &[Range<u64>], cursor: &mut usize) -> u64 {
+    while *cursor < used.len() && used[*cursor].end <= start {
+        *cursor += 1;
+    }
+    used[*cursor..]
+        .iter()
+        .take_while(|r| r.start < end)
+        .map(|r| r.end.min(end) - r.start.max(start))
+        .sum()
+}
+
 /// The inode bitmap of a group whose first `used` inodes are in use, out of `ipg`.
 pub(crate) fn inode_bitmap(used: u32, ipg: u32) -> Vec<u8> {
     let mut bitmap = vec![0u8; BLOCK_SIZE_USIZE];
@@ -139,5 +168,9 @@ mod tests {
         assert!(bm[13..].iter().all(|&b| b == 0xFF));
         let ib = inode_bitmap(11, 32);
         assert_eq!(&ib[..5], &[0xFF, 0x07, 0, 0, 0xFF]);
+        let mut cursor = 0;
+        assert_eq!(used_in(0, 32768, &used, &mut cursor), 11);
+        assert_eq!(used_in(32768, 32775, &used, &mut cursor), 5);
+        assert_eq!(cursor, 2);
     }
 }

@@ -8,8 +8,10 @@
 //!
 //! Supported subset: 4096-byte blocks, 256-byte inodes (extra_isize 32), features
 //! ext_attr, dir_index (set for later read-write use; directories are written linear),
-//! filetype, extents, 64bit, flex_bg, sparse_super, large_file, huge_file, dir_nlink,
-//! extra_isize, metadata_csum; an optional internal JBD2 journal (inode 8). Regular
+//! filetype, extents, 64bit, flex_bg, sparse_super with sparse_super2 (superblock
+//! copies in group 1 and the last group only), large_file, huge_file, dir_nlink,
+//! extra_isize, metadata_csum, uninitialised groups (BLOCK_UNINIT, INODE_UNINIT,
+//! bg_itable_unused, as mke2fs's lazy init; see group.rs); an optional internal JBD2 journal (inode 8). Regular
 //! files with holes (all-zero blocks become holes too) up to 16 TiB, extent trees of
 //! any depth, linear directories of any size, fast and slow symlinks, hard links,
 //! devices (old and new encodings), FIFOs, sockets, 32-bit owners, nanosecond times,
@@ -17,7 +19,7 @@
 //!
 //! Left out: htree directory indexes, inline data, the resize inode, meta_bg,
 //! bigalloc, encryption, casefolding, xattr values in inodes (ea_inode), shared xattr
-//! blocks, reserved-block percentages (always 0), uninitialised-group flags.
+//! blocks, reserved-block percentages (always 0).
 //!
 //! Layout: all group metadata (bitmaps, inode tables) is packed after the primary
 //! descriptor table (flex_bg), then the journal, then for each inode in number order
@@ -25,6 +27,12 @@
 //! numbers follow the tree's canonical walk: root 2, lost+found 11, then every node
 //! at its first name in walk order. Everything, including times and ids, comes from
 //! the tree and [`Ext4Options`], so the same input gives the same bytes.
+//!
+//! Size costs nothing: what is written is the superblock and descriptor table (and
+//! their two copies), the bitmaps of groups holding used blocks or inodes, the used
+//! part of the inode tables, the journal superblock and the content. Everything
+//! else is left unwritten (a hole in a sparse sink), so a 2 TiB empty file system is
+//! a few MiB of data in a handful of places, like a 2 GiB one.
 //!
 //! While writing, two helper threads read file content ahead (files dealt in turn) and
 //! another performs the positioned writes; the allocation and layout happen on the

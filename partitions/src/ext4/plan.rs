@@ -332,21 +332,18 @@ fn check_symlink(target: &[u8], path: &str) -> Result<(), Ext4Error> {
     Err(Ext4Error::BadSymlink { path: path.to_string(), reason })
 }
 
-/// Whether group `g` holds a superblock copy (sparse_super: 0, 1, powers of 3, 5, 7).
-pub(crate) fn has_backup(group: u32) -> bool {
-    if group <= 1 {
-        return true;
-    }
-    [3u32, 5, 7].iter().any(|&base| {
-        let mut power = base;
-        while power < group {
-            match power.checked_mul(base) {
-                Some(next) => power = next,
-                None => return false,
-            }
-        }
-        power == group
-    })
+/// s_backup_bgs of sparse_super2 for `groups` groups, as mke2fs sets it: group 1
+/// and the last group, sorted, 0 for "none" (one group: no copy; two: only group 1).
+pub(crate) fn backup_bgs(groups: u32) -> [u32; 2] {
+    let last = groups.saturating_sub(1);
+    let first = 1.min(last);
+    if first == last { [0, first] } else { [first, last] }
+}
+
+/// Whether group `group` holds a superblock and descriptor-table copy (group 0 holds
+/// the primary).
+pub(crate) fn has_backup(group: u32, bgs: [u32; 2]) -> bool {
+    group == 0 || bgs.contains(&group)
 }
 
 /// The shape of a file system of a given size, with its metadata and journal placed.
@@ -359,7 +356,9 @@ pub(crate) struct Geometry {
     pub block_bitmaps: Vec<u64>,
     pub inode_bitmaps: Vec<u64>,
     pub inode_tables: Vec<u64>,
+    /// Groups holding a superblock: 0, then the sparse_super2 backups.
     pub backup_groups: Vec<u32>,
+    pub backup_bgs: [u32; 2],
     pub journal: Option<(ExtentList, Vec<u64>)>,
     pub allocator: Allocator,
 }
@@ -382,9 +381,9 @@ impl Geometry {
         // Drop a last group too small to be useful (or to hold its superblock copy).
         if groups_u64 > 1 {
             let last = blocks - (groups_u64 - 1) * per_group;
-            let last_group = u32::try_from(groups_u64 - 1).unwrap_or(u32::MAX);
+            // The last group holds a superblock copy (sparse_super2).
             let gdt = groups_u64.div_ceil(desc_per_block);
-            let minimum = if has_backup(last_group) { 1 + gdt + 16 } else { 16 };
+            let minimum = 1 + gdt + 16;
             if last < minimum {
                 groups_u64 -= 1;
                 blocks = groups_u64 * per_group;
@@ -412,15 +411,16 @@ impl Geometry {
         let ipg = ipg_for(by_ratio).clamp(ipg_needed, max_ipg);
         let inode_table_blocks = ipg / inodes_per_block;
 
-        let mut reserved = Vec::new();
-        let mut backup_groups = Vec::new();
-        for g in 0..groups {
-            if has_backup(g) {
+        let backup_bgs = backup_bgs(groups);
+        let mut backup_groups = vec![0];
+        backup_groups.extend(backup_bgs.iter().copied().filter(|&g| g != 0));
+        let reserved = backup_groups
+            .iter()
+            .map(|&g| {
                 let start = u64::from(g) * per_group;
-                reserved.push(start..(start + 1 + gdt_blocks).min(blocks));
-                backup_groups.push(g);
-            }
-        }
+                start..(start + 1 + gdt_blocks).min(blocks)
+            })
+            .collect();
         let mut allocator = Allocator::new(blocks, reserved);
         let place = |n: u64, allocator: &mut Allocator| -> Option<Vec<u64>> {
             (0..groups).map(|_| allocator.alloc_contiguous(n).map(|r| r.start)).collect()
@@ -453,6 +453,7 @@ impl Geometry {
             inode_bitmaps,
             inode_tables,
             backup_groups,
+            backup_bgs,
             journal,
             allocator,
         }))
@@ -494,8 +495,12 @@ mod tests {
     use super::*;
 
     #[test]
-    fn backup_groups_are_powers_of_3_5_7() {
-        let groups: Vec<u32> = (0..100).filter(|&g| has_backup(g)).collect();
-        assert_eq!(groups, [0, 1, 3, 5, 7, 9, 25, 27, 49, 81]);
+    fn backups_are_in_group_1_and_the_last_group() {
+        assert_eq!(backup_bgs(1), [0, 0]);
+        assert_eq!(backup_bgs(2), [0, 1]);
+        assert_eq!(backup_bgs(16384), [1, 16383]);
+        let groups: Vec<u32> = (0..100).filter(|&g| has_backup(g, backup_bgs(100))).collect();
+        assert_eq!(groups, [0, 1, 99]);
+        assert!(!has_backup(3, backup_bgs(100)));
     }
 }

@@ -1,4 +1,7 @@
-//! The ext4 superblock (1024 bytes at byte 1024; copies in sparse_super groups).
+//! The ext4 superblock (1024 bytes at byte 1024; copies in the sparse_super2 backup
+//! groups named by s_backup_bgs: group 1 and the last group, as `mke2fs -O
+//! sparse_super2` places them, so a large file system has no metadata scattered
+//! over its length).
 //!
 //! Field offsets follow e2fsprogs `lib/ext2fs/ext2_fs.h` (struct ext2_super_block);
 //! see shared/reference/formats.md §3.2. The writer sets the subset listed there;
@@ -16,6 +19,7 @@ pub(crate) const MAGIC: u16 = 0xEF53;
 pub(crate) const COMPAT_HAS_JOURNAL: u32 = 0x4;
 pub(crate) const COMPAT_EXT_ATTR: u32 = 0x8;
 pub(crate) const COMPAT_DIR_INDEX: u32 = 0x20;
+pub(crate) const COMPAT_SPARSE_SUPER2: u32 = 0x200;
 pub(crate) const INCOMPAT_FILETYPE: u32 = 0x2;
 pub(crate) const INCOMPAT_EXTENTS: u32 = 0x40;
 pub(crate) const INCOMPAT_64BIT: u32 = 0x80;
@@ -41,6 +45,8 @@ pub(crate) struct SuperblockFields {
     /// File-system creation and last-write time (seconds since the epoch).
     pub time: i64,
     pub log_groups_per_flex: u8,
+    /// s_backup_bgs: the groups (besides 0) holding superblock copies; 0 = none.
+    pub backup_bgs: [u32; 2],
     /// The journal inode's i_block, i_size_high and i_size (s_jnl_blocks), if any.
     pub journal_backup: Option<[u32; 17]>,
 }
@@ -70,7 +76,7 @@ impl SuperblockFields {
         put_u32(&mut sb, 0x54, super::FIRST_INO);
         put_u16(&mut sb, 0x58, super::INODE_SIZE_U16);
         put_u16(&mut sb, 0x5A, group_nr);
-        let mut compat = COMPAT_EXT_ATTR | COMPAT_DIR_INDEX;
+        let mut compat = COMPAT_EXT_ATTR | COMPAT_DIR_INDEX | COMPAT_SPARSE_SUPER2;
         if self.journal_backup.is_some() {
             compat |= COMPAT_HAS_JOURNAL;
         }
@@ -111,6 +117,8 @@ impl SuperblockFields {
         put_u32(&mut sb, 0x160, 0x1); // s_flags: signed directory hash, as mke2fs on x86
         put_u8(&mut sb, 0x174, self.log_groups_per_flex);
         put_u8(&mut sb, 0x175, 1); // s_checksum_type: crc32c
+        put_u32(&mut sb, 0x24C, self.backup_bgs[0]);
+        put_u32(&mut sb, 0x250, self.backup_bgs[1]);
         put_u8(&mut sb, 0x274, time_hi); // s_wtime_hi
         put_u8(&mut sb, 0x276, time_hi); // s_mkfs_time_hi
         put_u8(&mut sb, 0x277, time_hi); // s_lastcheck_hi
@@ -217,6 +225,7 @@ mod tests {
             label: *b"root\0\0\0\0\0\0\0\0\0\0\0\0",
             time: 1_700_000_000,
             log_groups_per_flex: 4,
+            backup_bgs: [0, 0],
             journal_backup: None,
         }
     }

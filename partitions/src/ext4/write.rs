@@ -551,35 +551,71 @@ impl Writer<'_> {
         for entry in self.plan.entries.iter().filter(|e| e.is_dir) {
             dirs_per_group[usize::try_from((entry.ino - 1) / ipg).unwrap_or(0)] += 1;
         }
+        let last_group = geometry.groups - 1;
+        let table_blocks = u64::from(ipg) / (BLOCK_SIZE / INODE_SIZE as u64);
         let mut descs = Vec::with_capacity(dirs_per_group.len() * super::DESC_SIZE);
         let mut cursor = 0;
         let (mut free_blocks, mut free_inodes) = (0u64, 0u64);
-        let mut writes: Vec<(u64, Vec<u8>)> = Vec::new();
+        // Block bitmaps first, then inode bitmaps: each kind is laid out contiguously,
+        // so the writes coalesce; only the descriptors are kept (64 bytes a group).
+        let mut groups = Vec::with_capacity(dirs_per_group.len());
         for g in 0..geometry.groups {
             let gi = usize::try_from(g).unwrap_or(0);
             let first = u64::from(g) * per_group;
-            let in_group = (geometry.blocks - first).min(per_group);
-            let (block_bitmap, used_blocks) = group::block_bitmap(g, in_group, &used, &mut cursor);
+            let end = geometry.blocks.min(first + per_group);
+            let in_group = end - first;
+            let used_blocks = group::used_in(first, end, &used, &mut cursor);
+            // What the kernel's and e2fsck's BLOCK_UNINIT bitmap holds: the group's
+            // superblock and descriptor copies, and its own metadata inside it.
+            let overlap = |range: std::ops::Range<u64>| {
+                range.end.min(end).saturating_sub(range.start.max(first))
+            };
+            let base = if plan::has_backup(g, geometry.backup_bgs) {
+                (1 + geometry.gdt_blocks).min(in_group)
+            } else {
+                0
+            };
+            let (bb, ib, it) =
+                (geometry.block_bitmaps[gi], geometry.inode_bitmaps[gi], geometry.inode_tables[gi]);
+            let uninit_used =
+                base + overlap(bb..bb + 1) + overlap(ib..ib + 1) + overlap(it..it + table_blocks);
+            // e2fsck wants the last group initialised (its bitmap has padding bits).
+            let block_uninit = g != last_group && used_blocks == uninit_used;
             let used_inodes = self.plan.last_ino.saturating_sub(g * ipg).min(ipg);
-            let inode_bitmap = group::inode_bitmap(used_inodes, ipg);
-            let desc = GroupDesc {
-                block_bitmap: geometry.block_bitmaps[gi],
-                inode_bitmap: geometry.inode_bitmaps[gi],
-                inode_table: geometry.inode_tables[gi],
+            let mut desc = GroupDesc {
+                block_bitmap: bb,
+                inode_bitmap: ib,
+                inode_table: it,
                 free_blocks: u32::try_from(in_group - used_blocks).unwrap_or(0),
                 free_inodes: ipg - used_inodes,
                 used_dirs: dirs_per_group[gi],
-                block_bitmap_csum: group::block_bitmap_csum(&block_bitmap, self.fs_seed),
-                inode_bitmap_csum: group::inode_bitmap_csum(&inode_bitmap, ipg, self.fs_seed),
+                flags: group::BG_ITABLE_ZEROED,
+                itable_unused: ipg - used_inodes,
+                block_bitmap_csum: 0,
+                inode_bitmap_csum: 0,
             };
+            if block_uninit {
+                desc.flags |= group::BG_BLOCK_UNINIT;
+            } else {
+                let (bitmap, _) = group::block_bitmap(g, in_group, &used, &mut cursor);
+                desc.block_bitmap_csum = group::block_bitmap_csum(&bitmap, self.fs_seed);
+                self.out.write(bb, &bitmap)?;
+            }
+            if used_inodes == 0 {
+                desc.flags |= group::BG_INODE_UNINIT;
+            }
             free_blocks += in_group - used_blocks;
             free_inodes += u64::from(ipg - used_inodes);
-            descs.extend_from_slice(&desc.encode(g, self.fs_seed));
-            writes.push((geometry.block_bitmaps[gi], block_bitmap));
-            writes.push((geometry.inode_bitmaps[gi], inode_bitmap));
+            groups.push(desc);
         }
-        for (block, bytes) in writes {
-            self.out.write_sparse(block, &bytes)?;
+        for (g, desc) in (0..).zip(groups.iter_mut()) {
+            let used_inodes = ipg - desc.free_inodes;
+            if used_inodes > 0 {
+                let bitmap = group::inode_bitmap(used_inodes, ipg);
+                desc.inode_bitmap_csum = group::inode_bitmap_csum(&bitmap, ipg, self.fs_seed);
+                self.out.write(desc.inode_bitmap, &bitmap)?;
+            }
+            descs.extend_from_slice(&desc.encode(g, self.fs_seed));
         }
         descs.resize(usize::try_from(geometry.gdt_blocks).unwrap_or(0) * BLOCK_SIZE_USIZE, 0);
         let inodes_count = u64::from(ipg) * u64::from(geometry.groups);
@@ -606,6 +642,7 @@ impl Writer<'_> {
             label,
             time: self.opts.timestamp.seconds,
             log_groups_per_flex: log_groups_per_flex(geometry.groups),
+            backup_bgs: geometry.backup_bgs,
             journal_backup,
         };
         for &g in &geometry.backup_groups.clone() {
