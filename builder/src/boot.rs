@@ -206,10 +206,10 @@ pub fn prepare_boot(
     if let (Some(tree), Some((version, _))) = (kernel_tree, &kernel) {
         match (&spec.init, &spec.initrd) {
             (Some(init), None) => match build_initramfs(plan, spec, tree, version, init, &kernel_location) {
-                Ok((bytes, loaded, missing)) => {
-                    initrd = Some(Content::Bytes(Arc::from(bytes)));
-                    modules = loaded;
-                    skipped = missing;
+                Ok(built) => {
+                    initrd = Some(Content::Bytes(Arc::from(built.bytes)));
+                    modules = built.modules;
+                    skipped = built.skipped;
                 }
                 Err(mut e) => errors.append(&mut e),
             },
@@ -287,9 +287,17 @@ fn find_kernel(tree: &FileTree) -> Result<(String, Content), String> {
     Ok((version, kernel))
 }
 
-/// The gzip-compressed initramfs: abforge-init, /dev/console, the modules and
-/// their load list. Returns it with the modules loaded and the default modules
-/// the kernel does not have.
+/// An initramfs and what went into it.
+struct BuiltInitramfs {
+    /// The gzip-compressed newc archive.
+    bytes: Vec<u8>,
+    /// Modules it loads, in order.
+    modules: Vec<String>,
+    /// Default modules the kernel does not have.
+    skipped: Vec<String>,
+}
+
+/// The initramfs: abforge-init, /dev/console, the modules and their load list.
 fn build_initramfs(
     plan: &Plan,
     spec: &BootSpec,
@@ -297,7 +305,7 @@ fn build_initramfs(
     version: &str,
     init: &Spanned<String>,
     kernel_location: &SourceLocation,
-) -> Result<(Vec<u8>, Vec<String>, Vec<String>), Vec<ManifestError>> {
+) -> Result<BuiltInitramfs, Vec<ManifestError>> {
     let located =
         |message: String| vec![ManifestError { location: Some(kernel_location.clone()), message }];
     let init_bytes = host_file(plan, init, "init").map_err(|e| vec![e])?;
@@ -365,7 +373,7 @@ fn build_initramfs(
         )
         .map_err(fail)?;
     let bytes = initramfs.write(Compression::Gzip, Vec::new()).map_err(fail)?;
-    Ok((bytes, closure.into_iter().map(|m| m.name).collect(), skipped))
+    Ok(BuiltInitramfs { bytes, modules: closure.into_iter().map(|m| m.name).collect(), skipped })
 }
 
 /// A verity entry with a root hash of the right length, to check command lines
