@@ -380,7 +380,11 @@ fn build_initramfs(
 /// before the real root hash exists.
 pub fn placeholder_verity(plan: &Plan, boot: &PlannedPartition) -> Option<VerityReport> {
     let root = slot_root(plan, boot)?;
-    (root.verity == crate::manifest::VerityMode::Appended).then(|| VerityReport {
+    let hash_partition = root
+        .hash_partition
+        .and_then(|index| plan.partitions.iter().find(|p| p.index == index))
+        .map(|p| p.name.clone());
+    (root.verity != crate::manifest::VerityMode::None).then(|| VerityReport {
         partition: root.name.clone(),
         slot: root.slot.clone(),
         root_hash: "0".repeat(64),
@@ -389,7 +393,8 @@ pub fn placeholder_verity(plan: &Plan, boot: &PlannedPartition) -> Option<Verity
         data_block_size: 4096,
         hash_block_size: 4096,
         data_blocks: root.fs_size / 4096,
-        hash_offset: root.fs_size,
+        hash_offset: if hash_partition.is_some() { 0 } else { root.fs_size },
+        hash_partition,
     })
 }
 
@@ -423,7 +428,11 @@ impl BootPayload {
         params.verity = verity.map(|v| VerityParams {
             root_hash: hex_bytes(&v.root_hash),
             salt: hex_bytes(&v.salt),
-            hash_device: None,
+            hash_device: v
+                .hash_partition
+                .as_ref()
+                .and_then(|name| plan.partitions.iter().find(|p| &p.name == name))
+                .map(|p| DeviceRef::PartUuid(p.uuid)),
             hash_offset: v.hash_offset,
             data_blocks: v.data_blocks,
             data_block_size: v.data_block_size,

@@ -57,23 +57,24 @@ pub fn build(plan: &Plan, inputs: &Inputs, out_dir: &Path) -> anyhow::Result<Bui
     let image = out_dir.join(&image_name);
     let report_path = out_dir.join(format!("{}.json", plan.name));
 
-    let (produced, image_report) = match plan.format {
+    let (produced, image_report, plan) = match plan.format {
         ImageFormat::Raw => write_atomically(&image, |file| {
             file.set_len(plan.disk_size).with_context(|| {
                 format!("cannot size {} to {} bytes", image.display(), plan.disk_size)
             })?;
-            let produced =
-                produce_partitions(plan, inputs, |p| FileRegion::new(file, p.offset, p.size))?;
-            write_gpt(plan, file)?;
+            let (produced, plan) =
+                produce_partitions(plan, inputs, &|p| FileRegion::new(file, p.offset, p.size))?;
+            write_gpt(&plan, file)?;
             let image_report = describe_image(file, &image_name, plan.disk_size, false)?;
-            Ok((produced, image_report))
+            Ok((produced, image_report, plan))
         })?,
         ImageFormat::Vhdx | ImageFormat::Vhd => {
             let staged = stage_partitions(plan, out_dir)?;
-            let produced = produce_partitions(plan, inputs, |p| {
+            let (produced, plan) = produce_partitions(plan, inputs, &|p| {
                 let file = &staged[&p.index];
                 FileRegion::new(file.as_ref(), 0, p.size)
             })?;
+            let plan = &plan;
             let disk = compose_disk(plan, &staged)?;
             let whole_file_digest = plan.format == ImageFormat::Vhdx;
             write_atomically(&image, |file| {
@@ -87,12 +88,12 @@ pub fn build(plan: &Plan, inputs: &Inputs, out_dir: &Path) -> anyhow::Result<Bui
                 .with_context(|| format!("writing {}", image.display()))?;
                 let image_report =
                     describe_image(file, &image_name, plan.disk_size, whole_file_digest)?;
-                Ok((produced, image_report))
+                Ok((produced, image_report, plan.clone()))
             })?
         }
     };
 
-    let mut report = Report::from_plan(plan, image_report);
+    let mut report = Report::from_plan(&plan, image_report);
     for (entry, produced) in report.partitions.iter_mut().zip(produced) {
         entry.label = produced.label;
         entry.fs_id = produced.fs_id;
@@ -111,37 +112,76 @@ pub fn build(plan: &Plan, inputs: &Inputs, out_dir: &Path) -> anyhow::Result<Bui
     Ok(BuildOutput { image, report_path, report })
 }
 
+/// A partition's window of the output, by partition.
+type RegionOf<'a> = dyn Fn(&PlannedPartition) -> FileRegion<'a> + Sync + 'a;
+
 /// Runs the partition producers in parallel; `region` gives the window each one
 /// writes into. Boot partitions run second: their command lines carry the root
-/// hash of their slot, known once the roots are written. Results are in GPT order.
+/// hash of their slot, known once the roots are written. Returns the results in
+/// GPT order and the plan with its final partition UUIDs (a root whose tree has
+/// its own partition, and that partition, take the halves of the root hash).
 fn produce_partitions<'a>(
     plan: &Plan,
     inputs: &Inputs,
-    region: impl Fn(&PlannedPartition) -> FileRegion<'a> + Sync,
-) -> anyhow::Result<Vec<Produced>> {
-    let run = |second_phase: bool, roots: &BTreeMap<Option<String>, VerityReport>| {
+    region: &RegionOf<'a>,
+) -> anyhow::Result<(Vec<Produced>, Plan)> {
+    let run = |plan: &Plan, second_phase: bool, roots: &BTreeMap<Option<String>, VerityReport>| {
         plan.partitions
             .par_iter()
             .filter(|p| (p.contents == Some(Contents::Boot)) == second_phase)
             .map(|partition| {
                 let verity = roots.get(&partition.slot);
                 let result = partition_tree(plan, inputs, partition, verity)
-                    .and_then(|tree| produce(plan, &tree, partition, region(partition)));
+                    .and_then(|tree| produce(plan, &tree, partition, region));
                 result
                     .map(|produced| (partition.index, produced))
                     .with_context(|| format!("writing partition '{}'", partition.name))
             })
             .collect::<anyhow::Result<BTreeMap<u32, Produced>>>()
     };
-    let mut produced = run(false, &BTreeMap::new())?;
+    let mut produced = run(plan, false, &BTreeMap::new())?;
+    let mut plan = plan.clone();
+    // Only one pair on a disk can carry the UUIDs a root hash gives: the first
+    // slot's. Other populated slots keep their seeded UUIDs.
+    let first_slot = plan.slots.first().cloned();
+    for partition in plan.partitions.iter_mut().filter(|p| p.slot.is_none() || p.slot == first_slot)
+    {
+        let root_hash = |index: u32| {
+            produced.get(&index).and_then(|p| p.verity.as_ref()).map(|v| v.root_hash.clone())
+        };
+        let half = match (partition.hash_partition, partition.hash_of) {
+            (Some(_), _) => root_hash(partition.index).map(|h| (h, 0)),
+            (_, Some(root)) => root_hash(root).map(|h| (h, 16)),
+            _ => None,
+        };
+        if let Some((hash, start)) = half {
+            partition.uuid = guid_from_hex_half(&hash, start)?;
+        }
+    }
     let roots: BTreeMap<Option<String>, VerityReport> = plan
         .partitions
         .iter()
         .filter(|p| p.contents == Some(Contents::Rootfs))
         .filter_map(|p| Some((p.slot.clone(), produced.get(&p.index)?.verity.clone()?)))
         .collect();
-    produced.append(&mut run(true, &roots)?);
-    Ok(produced.into_values().collect())
+    produced.append(&mut run(&plan, true, &roots)?);
+    // Partitions without a producer of their own (a tree's partition) report nothing.
+    let results =
+        plan.partitions.iter().map(|p| produced.remove(&p.index).unwrap_or_default()).collect();
+    Ok((results, plan))
+}
+
+/// The UUID made of 16 bytes of a hex root hash, from byte `start` (the
+/// Discoverable Partitions Specification: data partition = first half, hash
+/// partition = second half, as written, with no version bits forced).
+fn guid_from_hex_half(hash: &str, start: usize) -> anyhow::Result<abforge_partitions::Guid> {
+    let bytes: Vec<u8> = (start..start + 16)
+        .map(|i| hash.get(2 * i..2 * i + 2).and_then(|b| u8::from_str_radix(b, 16).ok()))
+        .collect::<Option<_>>()
+        .with_context(|| format!("root hash {hash} is too short for a partition UUID"))?;
+    let mut array = [0u8; 16];
+    array.copy_from_slice(&bytes);
+    Ok(abforge_partitions::Guid::from_rfc_bytes(array))
 }
 
 /// The tree a partition's file system is written from: its contents, with the
@@ -191,8 +231,9 @@ fn produce(
     plan: &Plan,
     tree: &FileTree,
     partition: &PlannedPartition,
-    region: FileRegion<'_>,
+    regions: &RegionOf<'_>,
 ) -> anyhow::Result<Produced> {
+    let region = regions(partition);
     let mut produced = match partition.filesystem {
         FilesystemKind::None => Produced::default(),
         FilesystemKind::Vfat => {
@@ -217,8 +258,20 @@ fn produce(
             }
         }
     };
-    if partition.verity == VerityMode::Appended {
-        produced.verity = Some(append_verity(plan, partition, region)?);
+    match (partition.verity, partition.hash_partition) {
+        (VerityMode::Appended, _) => {
+            produced.verity = Some(format_verity(plan, partition, region, None)?)
+        }
+        (VerityMode::Partition, Some(index)) => {
+            let hash = plan
+                .partitions
+                .iter()
+                .find(|p| p.index == index)
+                .with_context(|| format!("no partition {index} for the verity tree"))?;
+            produced.verity =
+                Some(format_verity(plan, partition, region, Some((hash, regions(hash))))?);
+        }
+        _ => {}
     }
     Ok(produced)
 }
@@ -233,22 +286,27 @@ pub fn verity_params(plan: &Plan, partition: &PlannedPartition) -> VerityParams 
     params
 }
 
-/// Hashes the file system of `partition` and writes the tree after it, in the
-/// same partition (the superblock at `fs_size`, as veritysetup `--hash-offset`).
-fn append_verity(
+/// Hashes the file system of `partition` and writes the tree after it in the same
+/// partition (the superblock at `fs_size`, as veritysetup `--hash-offset`), or at
+/// the start of its own partition.
+fn format_verity(
     plan: &Plan,
     partition: &PlannedPartition,
     region: FileRegion<'_>,
+    hash: Option<(&PlannedPartition, FileRegion<'_>)>,
 ) -> anyhow::Result<VerityReport> {
     let params = verity_params(plan, partition);
     let data_blocks = partition.fs_size / u64::from(params.data_block_size);
-    let file = region.file();
+    let (hash_region, hash_offset, hash_partition) = match hash {
+        Some((hash_partition, hash_region)) => (hash_region, 0, Some(hash_partition.name.clone())),
+        None => (region, partition.fs_size, None),
+    };
     let output = abforge_verity::format(
-        file,
+        region.file(),
         region.offset(),
         data_blocks,
-        file,
-        region.offset() + partition.fs_size,
+        hash_region.file(),
+        hash_region.offset() + hash_offset,
         &params,
     )
     .with_context(|| format!("computing the verity tree of partition '{}'", partition.name))?;
@@ -261,7 +319,8 @@ fn append_verity(
         data_block_size: params.data_block_size,
         hash_block_size: params.hash_block_size,
         data_blocks,
-        hash_offset: partition.fs_size,
+        hash_offset,
+        hash_partition,
     })
 }
 
@@ -323,7 +382,7 @@ fn compose_disk(plan: &Plan, staged: &BTreeMap<u32, Arc<File>>) -> anyhow::Resul
     let mut segments =
         vec![Segment::bytes(0, layout.primary_bytes().context("building the partition table")?)];
     for partition in &plan.partitions {
-        if partition.filesystem != FilesystemKind::None {
+        if partition.filesystem != FilesystemKind::None || partition.hash_of.is_some() {
             segments.push(Segment::file(
                 partition.offset,
                 partition.size,

@@ -6,7 +6,7 @@ use std::io;
 use std::path::Path;
 
 use abforge_partitions::gpt::{self, PartitionType, ReadAt, attribute_names};
-use abforge_partitions::probe::{FsProbe, probe_filesystem};
+use abforge_partitions::probe::{FsProbe, probe_filesystem, probe_verity};
 use anyhow::Context as _;
 use ext4_view::{Ext4, Ext4Read};
 use std::sync::Arc;
@@ -56,9 +56,19 @@ pub struct InspectedPartition {
     pub attribute_names: Vec<String>,
     pub read_only: bool,
     pub filesystem: FoundFilesystem,
+    /// A dm-verity superblock found right after the ext4 file system (an
+    /// appended tree), with its offset within the partition.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub appended_verity: Option<AppendedVerity>,
     /// The security profile found in an ext4 root, read from the image alone.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub profile: Option<ProfileReport>,
+}
+
+#[derive(Debug, Serialize)]
+pub struct AppendedVerity {
+    pub hash_offset: u64,
+    pub superblock: FoundFilesystem,
 }
 
 /// Reads one partition of a disk, for ext4-view.
@@ -222,9 +232,24 @@ pub fn inspect_image(path: &Path) -> anyhow::Result<Inspection> {
             attribute_names: attribute_names(entry.attributes),
             read_only: entry.attributes & (1 << 60) != 0,
             filesystem: FoundFilesystem::from_probe(probe_filesystem(&reader, offset, size)),
+            appended_verity: None,
             profile: None,
         });
         let found = partitions.last_mut().expect("just pushed");
+        if let (Some(block_size), Some(blocks)) =
+            (found.filesystem.block_size, found.filesystem.blocks)
+            && found.filesystem.kind == "ext4"
+        {
+            let hash_offset = blocks.saturating_mul(u64::from(block_size));
+            if hash_offset < size
+                && let Ok(Some(sb)) = probe_verity(&reader, offset, size, hash_offset)
+            {
+                found.appended_verity = Some(AppendedVerity {
+                    hash_offset,
+                    superblock: FoundFilesystem::from_probe(FsProbe::Verity(sb)),
+                });
+            }
+        }
         if found.filesystem.kind == "ext4" && found.type_name == Some("root") {
             found.profile = root_profile(&disk, offset, size);
         }
@@ -275,6 +300,14 @@ impl Inspection {
                 flags,
                 p.filesystem.summary()
             );
+            if let Some(verity) = &p.appended_verity {
+                let _ = writeln!(
+                    out,
+                    "       verity tree at byte {}: {}",
+                    verity.hash_offset,
+                    verity.superblock.summary()
+                );
+            }
             for line in p.profile.iter().flat_map(ProfileReport::lines) {
                 let _ = writeln!(out, "       {line}");
             }

@@ -16,8 +16,8 @@ use abforge_partitions::gpt::PartitionType;
 
 use crate::identity::Seed;
 use crate::manifest::{
-    FilesystemKind, ImageFormat, Manifest, ManifestError, PartitionSpec, SizeSpec, SourceLocation,
-    Spanned, VerityMode, location_of,
+    FilesystemKind, ImageFormat, Manifest, ManifestError, PartitionSpec, Populate, SizeSpec,
+    SourceLocation, Spanned, VerityMode, location_of,
 };
 
 /// Partition alignment and the granularity of partition sizes.
@@ -76,6 +76,10 @@ pub struct PlannedPartition {
     pub mount: Option<String>,
     /// ext4: whether the file system gets a journal.
     pub journal: bool,
+    /// `verity: partition` roots: the GPT index of the partition holding the tree.
+    pub hash_partition: Option<u32>,
+    /// Root-verity partitions: the GPT index of the root whose tree they hold.
+    pub hash_of: Option<u32>,
     /// Where the entry is in the manifest (its name), its size and its contents.
     pub location: SourceLocation,
     pub size_location: SourceLocation,
@@ -115,6 +119,103 @@ pub fn partition_type(text: &str) -> Option<Guid> {
 /// The name of a well-known type GUID.
 pub fn partition_type_name(guid: Guid) -> Option<&'static str> {
     PartitionType::from_guid(guid).map(PartitionType::name)
+}
+
+/// GPT name of a partition left empty for a later update (systemd-sysupdate's).
+pub const EMPTY_NAME: &str = "_empty";
+
+/// Pairs every `verity: partition` root with the root-verity partition of its
+/// slot, checks the tree fits, marks the hash partition read-only, and empties
+/// the slots that are not populated at the first build.
+fn pair_verity_partitions(
+    check: &mut Checker<'_>,
+    manifest: &Manifest,
+    slots: &[String],
+    partitions: &mut [PlannedPartition],
+) {
+    let root_verity = PartitionType::RootVerity.guid();
+    let mut empty_slots: Vec<Option<String>> = Vec::new();
+    for spec in manifest
+        .partitions
+        .value
+        .iter()
+        .filter(|s| s.verity.as_ref().is_some_and(|v| v.value == VerityMode::Partition))
+    {
+        let verity = spec.verity.as_ref().expect("filtered on verity");
+        let populate = spec.populate.as_ref().map_or(Populate::FirstSlot, |p| p.value);
+        let roots: Vec<usize> = partitions
+            .iter()
+            .enumerate()
+            .filter(|(_, p)| p.template == spec.name.value)
+            .map(|(i, _)| i)
+            .collect();
+        for root in roots {
+            let slot = partitions[root].slot.clone();
+            let hashes: Vec<usize> = partitions
+                .iter()
+                .enumerate()
+                .filter(|(_, p)| p.type_guid == root_verity && p.slot == slot)
+                .map(|(i, _)| i)
+                .collect();
+            let [hash] = hashes[..] else {
+                check.at(
+                    verity,
+                    format!(
+                        "partition '{}': verity: partition needs exactly one partition of type root-verity in {}, found {}",
+                        partitions[root].name,
+                        slot.as_deref().map_or("the disk".to_string(), |s| format!("slot {s}")),
+                        hashes.len()
+                    ),
+                );
+                continue;
+            };
+            let area =
+                abforge_verity::hash_area_size(partitions[root].fs_size / 4096, &verity_geometry())
+                    .unwrap_or(u64::MAX);
+            let hash_partition = &partitions[hash];
+            if hash_partition.filesystem != FilesystemKind::None
+                || hash_partition.contents.is_some()
+            {
+                check.at(verity, format!("partition '{}' holds the verity tree of '{}': it takes no file system or contents", hash_partition.name, partitions[root].name));
+            } else if hash_partition.size < area {
+                check.at(
+                    verity,
+                    format!(
+                        "partition '{}' ({}) is too small for the verity tree of '{}', which needs {}",
+                        hash_partition.name,
+                        crate::manifest::Size(hash_partition.size),
+                        partitions[root].name,
+                        crate::manifest::Size(area.div_ceil(ALIGNMENT) * ALIGNMENT)
+                    ),
+                );
+            }
+            partitions[root].hash_partition = Some(partitions[hash].index);
+            partitions[hash].hash_of = Some(partitions[root].index);
+            partitions[hash].read_only = true;
+            partitions[hash].attributes |= ATTR_READ_ONLY;
+            if populate == Populate::FirstSlot
+                && slot.is_some()
+                && slot.as_deref() != slots.first().map(String::as_str)
+            {
+                empty_slots.push(slot);
+            }
+        }
+    }
+    // An unpopulated slot: its root, hash and Boot partitions stay empty.
+    for partition in partitions.iter_mut() {
+        let in_empty_slot = partition.slot.is_some() && empty_slots.contains(&partition.slot);
+        let emptied = partition.contents == Some(Contents::Rootfs)
+            || partition.contents == Some(Contents::Boot)
+            || partition.hash_of.is_some();
+        if in_empty_slot && emptied {
+            partition.name = EMPTY_NAME.to_string();
+            partition.filesystem = FilesystemKind::None;
+            partition.contents = None;
+            partition.verity = VerityMode::None;
+            partition.hash_partition = None;
+            partition.hash_of = None;
+        }
+    }
 }
 
 /// The verity parameters abforge uses for every tree: veritysetup's defaults
@@ -377,11 +478,15 @@ pub fn plan(
             verity,
             mount: spec.mount.as_ref().map(|m| m.value.clone()),
             journal: spec.journal.unwrap_or(!read_only),
+            hash_partition: None,
+            hash_of: None,
             location: check.loc(&spec.name),
             size_location: check.loc(&spec.size),
             contents_location: spec.contents.as_ref().map(|c| check.loc(c)),
         });
     }
+
+    pair_verity_partitions(&mut check, manifest, &slots, &mut partitions);
 
     let content_end = partitions.iter().map(PlannedPartition::end).max().unwrap_or(ALIGNMENT);
     let disk_size = match &manifest.disk_size {
@@ -512,18 +617,15 @@ fn check_filesystem(
     if let Some(verity) = &spec.verity {
         match verity.value {
             VerityMode::None => {}
-            VerityMode::Partition => check.at(
-                verity,
-                format!(
-                    "partition '{name}': verity: partition is not supported yet (use appended)"
-                ),
-            ),
-            VerityMode::Appended if filesystem != FilesystemKind::Ext4 || !spec.read_only => check
-                .at(
+            VerityMode::Appended | VerityMode::Partition
+                if filesystem != FilesystemKind::Ext4 || !spec.read_only =>
+            {
+                check.at(
                     verity,
                     format!("partition '{name}': verity needs a read_only ext4 file system"),
-                ),
-            VerityMode::Appended => {}
+                )
+            }
+            VerityMode::Appended | VerityMode::Partition => {}
         }
     }
     if spec.journal == Some(true) && filesystem != FilesystemKind::Ext4 {

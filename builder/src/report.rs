@@ -70,6 +70,10 @@ pub struct VerityReport {
     pub hash_block_size: u32,
     pub data_blocks: u64,
     pub hash_offset: u64,
+    /// The partition holding the tree when it is not `partition` itself
+    /// (`verity: partition`); `hash_offset` is then within that partition.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub hash_partition: Option<String>,
 }
 
 impl Report {

@@ -24,6 +24,9 @@ pub struct Expectations {
     pub hash_offsets: BTreeMap<String, u64>,
     /// Data blocks and salt (hex) by partition name, from the report.
     pub geometry: BTreeMap<String, (u64, String)>,
+    /// The partition holding the tree, by data partition name, when it is not
+    /// the data partition itself.
+    pub hash_partitions: BTreeMap<String, String>,
 }
 
 impl Expectations {
@@ -49,6 +52,9 @@ impl Expectations {
             };
             expectations.root_hashes.insert(name.to_string(), hash.to_lowercase());
             expectations.hash_offsets.insert(name.to_string(), offset);
+            if let Some(hash_partition) = entry["hash_partition"].as_str() {
+                expectations.hash_partitions.insert(name.to_string(), hash_partition.to_string());
+            }
             if let (Some(blocks), Some(salt)) =
                 (entry["data_blocks"].as_u64(), entry["salt"].as_str())
             {
@@ -103,9 +109,15 @@ pub fn verify_image(image: &Path, expectations: &Expectations) -> anyhow::Result
             None => ext4_size(&reader, entry)
                 .ok_or_else(|| anyhow!("partition '{name}': no hash offset in the report and no ext4 file system to find it from"))?,
         };
+        let hash_entry = match expectations.hash_partitions.get(name) {
+            Some(hash_name) => gpt.layout.entries.iter().find(|e| &e.name == hash_name).ok_or_else(|| {
+                anyhow!("partition '{hash_name}', which holds the verity tree of '{name}', is not in the GPT of {}", image.display())
+            })?,
+            None => entry,
+        };
         let expected =
             Expected { hash_offset, root_hash, geometry: expectations.geometry.get(name) };
-        verify_partition(image, format, disk.as_ref(), entry, &expected)
+        verify_partition(image, format, disk.as_ref(), (entry, hash_entry), &expected)
             .with_context(|| format!("partition '{name}' fails verification"))?;
         findings.push(format!("{name}: verity tree matches root hash {root_hash}"));
     }
@@ -135,25 +147,46 @@ struct Expected<'a> {
     geometry: Option<&'a (u64, String)>,
 }
 
-fn verify_partition(
+/// The bytes of a partition: the image itself (raw images are read in place) or
+/// a sparse copy (other containers), and where the partition starts in it.
+fn partition_file(
     image: &Path,
     format: ContainerFormat,
     disk: &dyn DiskSource,
     entry: &PartitionEntry,
+) -> anyhow::Result<(File, u64)> {
+    Ok(match format {
+        ContainerFormat::Raw => (File::open(image)?, entry.offset_bytes()),
+        ContainerFormat::Vhdx | ContainerFormat::Vhd => {
+            (extract(disk, entry.offset_bytes(), entry.size_bytes())?, 0)
+        }
+    })
+}
+
+fn verify_partition(
+    image: &Path,
+    format: ContainerFormat,
+    disk: &dyn DiskSource,
+    (entry, hash_entry): (&PartitionEntry, &PartitionEntry),
     expected_tree: &Expected<'_>,
 ) -> anyhow::Result<()> {
     let (hash_offset, root_hash) = (expected_tree.hash_offset, expected_tree.root_hash);
     let expected = parse_hex(root_hash)
         .ok_or_else(|| UsageError::new(format!("root hash '{root_hash}' is not hex")))?;
-    // Raw images are read in place; other containers are copied out sparsely.
-    let (file, base) = match format {
-        ContainerFormat::Raw => (File::open(image)?, entry.offset_bytes()),
-        ContainerFormat::Vhdx | ContainerFormat::Vhd => {
-            (extract(disk, entry.offset_bytes(), entry.size_bytes())?, 0)
-        }
+    let (file, base) = partition_file(image, format, disk, entry)?;
+    let separate = !std::ptr::eq(entry, hash_entry);
+    let (hash_file, hash_base) = if separate {
+        partition_file(image, format, disk, hash_entry)?
+    } else {
+        (file.try_clone()?, base)
     };
-    let superblock = abforge_verity::read_superblock(&file, base + hash_offset)
-        .with_context(|| format!("no verity superblock at byte {hash_offset} of the partition"))?;
+    let where_ = if separate {
+        format!("partition '{}'", hash_entry.name)
+    } else {
+        "the partition".to_string()
+    };
+    let superblock = abforge_verity::read_superblock(&hash_file, hash_base + hash_offset)
+        .with_context(|| format!("no verity superblock at byte {hash_offset} of {where_}"))?;
     let params = VerityParams::from_superblock(&superblock);
     // The kernel takes the block count and salt from the command line, not from
     // the superblock: a superblock that disagrees with them has been altered.
@@ -164,7 +197,7 @@ fn verify_partition(
     };
     if superblock.data_blocks != blocks {
         bail!(
-            "the verity superblock at byte {hash_offset} of the partition covers {} data blocks, but the tree must cover {blocks}: it is damaged or altered",
+            "the verity superblock at byte {hash_offset} of {where_} covers {} data blocks, but the tree must cover {blocks}: it is damaged or altered",
             superblock.data_blocks
         );
     }
@@ -172,10 +205,10 @@ fn verify_partition(
         && crate::build::hex(&params.salt) != salt
     {
         bail!(
-            "the verity superblock at byte {hash_offset} of the partition has a different salt than the build report: it is damaged or altered"
+            "the verity superblock at byte {hash_offset} of {where_} has a different salt than the build report: it is damaged or altered"
         );
     }
-    abforge_verity::verify(&file, base, superblock.data_blocks, &file, base + hash_offset, &params, &expected)
+    abforge_verity::verify(&file, base, superblock.data_blocks, &hash_file, hash_base + hash_offset, &params, &expected)
         .map_err(|err| match err {
             // Offsets in the verity error are of the file read; say them relative
             // to the partition, which is what the user can act on.
@@ -185,8 +218,8 @@ fn verify_partition(
                 (block + 1) * u64::from(params.data_block_size) - 1
             ),
             abforge_verity::VerityError::HashBlockMismatch { block, level, offset, parent } => anyhow!(
-                "hash block {block} (level {level}, byte {} of the partition) does not match {parent}",
-                offset - base
+                "hash block {block} (level {level}, byte {} of {where_}) does not match {parent}",
+                offset - hash_base
             ),
             other => other.into(),
         })?;

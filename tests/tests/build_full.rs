@@ -227,6 +227,10 @@ fn vhdx_and_vhd_builds_match_the_raw_build() {
     let inspected: Value = serde_json::from_slice(&inspected.stdout).unwrap();
     assert_eq!(inspected["format"], "vhdx");
     assert_eq!(inspected["partitions"][2]["filesystem"]["kind"], "ext4");
+    // inspect finds the appended verity superblock where the report says.
+    let appended = &inspected["partitions"][2]["appended_verity"];
+    assert_eq!(appended["hash_offset"], raw_report["verity"][0]["hash_offset"]);
+    assert_eq!(appended["superblock"]["salt"], raw_report["verity"][0]["salt"]);
     assert_eq!(
         inspected["partitions"][2]["filesystem"]["uuid"],
         raw_report["partitions"][2]["fs_id"]

@@ -198,6 +198,21 @@ pub struct PartitionSpec {
     /// With `size: auto`: room added to what the contents need (default 16MiB).
     #[serde(default)]
     pub headroom: Option<Spanned<Size>>,
+    /// With `verity: partition`: which slots get the root at the first build.
+    /// `first-slot` (the default) leaves the other slots' root, hash and Boot
+    /// partitions empty and named `_empty`, as systemd-sysupdate does, since a
+    /// disk cannot hold two partitions with the UUIDs the root hash gives;
+    /// `every-slot` writes them all, the other slots keeping seeded UUIDs.
+    #[serde(default)]
+    pub populate: Option<Spanned<Populate>>,
+}
+
+/// See [`PartitionSpec::populate`].
+#[derive(Clone, Copy, PartialEq, Eq, Debug, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Populate {
+    FirstSlot,
+    EverySlot,
 }
 
 /// Reads and parses a manifest file.
