@@ -231,8 +231,9 @@ fn multi_group_image_with_journal() {
     let mut opts = options();
     opts.journal = true;
     opts.inode_ratio = Some(16384);
+    opts.backup_superblock = true;
     let tree = everything_tree();
-    // 600 MiB: 5 groups, backups in groups 1 and 4 (sparse_super2), a 16 MiB journal.
+    // 600 MiB: 5 groups, a superblock copy in group 4 (sparse_super2), a 16 MiB journal.
     let summary = write_image(&tree, &opts, &image, 600 * MIB).unwrap();
     assert_eq!(summary.journal_blocks, 4096);
     assert_eq!(summary.inode_count, 600 * MIB / 16384);
@@ -379,11 +380,12 @@ fn more_than_65000_subdirectories_use_dir_nlink() {
     assert!(text.contains("Links: 1 "), "{text}");
 }
 
-/// An empty read-write file system (journal, one inode per 16 KiB) of `size` bytes in
-/// a new sparse file; returns how long the write took.
+/// An empty read-write file system (journal, one inode per 16 KiB, a superblock copy)
+/// of `size` bytes in a new sparse file; returns how long the write took.
 fn write_empty_rw(image: &std::path::Path, size: u64) -> std::time::Duration {
     let mut opts = options();
     opts.journal = true;
+    opts.backup_superblock = true;
     opts.inode_ratio = Some(16384);
     let tree = FileTree::new(meta(0o755));
     let start = std::time::Instant::now();
@@ -393,29 +395,59 @@ fn write_empty_rw(image: &std::path::Path, size: u64) -> std::time::Duration {
 
 #[test]
 #[cfg_attr(not(any(ci, have_e2fsck)), ignore = "needs e2fsck (package e2fsprogs)")]
-fn size_costs_nothing_two_tib_has_as_few_data_regions_as_two_gib() {
+fn every_written_block_is_in_the_first_32_mib_whatever_the_size() {
     const VHDX_BLOCK: u64 = 32 * MIB;
     let dir = scratch();
-    let mut regions = Vec::new();
-    for (name, size) in [("2gib.img", 2u64 << 30), ("2tib.img", 2u64 << 40)] {
-        let image = dir.path().join(name);
-        let took = write_empty_rw(&image, size);
-        assert_e2fsck_clean(&image);
-        let found = nonzero_regions(&image, VHDX_BLOCK);
-        let allocated = abforge_tests::layout::allocated_bytes(&image);
-        eprintln!(
-            "{name}: written in {took:?}, {} non-zero 32 MiB regions {found:?}, {allocated} bytes allocated",
-            found.len()
-        );
-        regions.push(found.len());
-        let header = dumpe2fs(&image, true);
-        assert!(header.contains("sparse_super2"), "{header}");
-        let last = size / (128 * MIB) - 1;
-        assert!(header.contains(&format!("Backup block groups:      1 {last}")), "{header}");
+    for size in [2u64 << 30, 2u64 << 40] {
+        // Read-only (no journal), read-write, read-write with a superblock copy.
+        for (journal, backup) in [(false, false), (true, false), (true, true)] {
+            for (tree_name, tree) in
+                [("empty", FileTree::new(meta(0o755))), ("small tree", everything_tree())]
+            {
+                let image = dir.path().join("regions.img");
+                let mut opts = options();
+                opts.journal = journal;
+                opts.backup_superblock = backup;
+                opts.inode_ratio = journal.then_some(16384);
+                let start = std::time::Instant::now();
+                write_image(&tree, &opts, &image, size).unwrap();
+                let took = start.elapsed();
+                let what =
+                    format!("{} GiB, journal {journal}, copy {backup}, {tree_name}", size >> 30);
+                assert_e2fsck_clean(&image);
+                let found = nonzero_regions(&image, VHDX_BLOCK);
+                eprintln!("{what}: written in {took:?}, non-zero 32 MiB regions {found:?}");
+                let header = dumpe2fs(&image, true);
+                assert!(header.contains("sparse_super2"), "{what}: {header}");
+                // The copy, if any, starts the last group.
+                let last_group = size / (128 * MIB) - 1;
+                let mut expected = std::collections::BTreeSet::from([0]);
+                let backups = header.lines().find_map(|l| l.strip_prefix("Backup block groups:"));
+                if backup {
+                    assert_eq!(backups.map(str::trim), Some(&*last_group.to_string()), "{what}");
+                    expected.insert(last_group * 128 * MIB / VHDX_BLOCK);
+                } else {
+                    assert_eq!(backups.map(str::trim).unwrap_or(""), "", "{what}");
+                }
+                assert_eq!(found, expected, "{what}");
+                if tree_name == "small tree" {
+                    assert_reads_back(&tree, &image);
+                }
+            }
+        }
     }
-    assert!(regions[1] <= regions[0] + 2, "2 TiB: {} regions, 2 GiB: {}", regions[1], regions[0]);
-    // The groups past the metadata are uninitialised, the last group never.
-    let groups = dumpe2fs(&dir.path().join("2tib.img"), false);
+}
+
+#[test]
+#[cfg_attr(not(any(ci, have_e2fsck)), ignore = "needs e2fsck (package e2fsprogs)")]
+fn groups_past_the_content_are_uninitialised_the_last_group_never() {
+    let dir = scratch();
+    let image = dir.path().join("2tib.img");
+    let took = write_empty_rw(&image, 2 << 40);
+    eprintln!("2 TiB written in {took:?}");
+    let allocated = abforge_tests::layout::allocated_bytes(&image);
+    assert!(allocated < 8 * MIB, "{allocated} bytes allocated");
+    let groups = dumpe2fs(&image, false);
     assert!(groups.contains("Group 5000: (Blocks 163840000-163872767) csum"), "no group 5000");
     let flags = |group: u32| {
         let at = groups.find(&format!("Group {group}: ")).unwrap();
@@ -424,6 +456,37 @@ fn size_costs_nothing_two_tib_has_as_few_data_regions_as_two_gib() {
     assert_eq!(flags(5000).as_deref(), Some("INODE_UNINIT, BLOCK_UNINIT, ITABLE_ZEROED]"));
     assert_eq!(flags(16383).as_deref(), Some("INODE_UNINIT, ITABLE_ZEROED]"));
     assert_eq!(flags(0).as_deref(), Some("ITABLE_ZEROED]"));
+}
+
+#[test]
+#[cfg(is_root)]
+fn an_image_without_journal_or_copy_takes_kernel_writes_across_groups() {
+    let dir = scratch();
+    let image = dir.path().join("nojournal.img");
+    // 1 GiB: 8 groups, all but the first and last with their metadata at home.
+    let mut opts = options();
+    opts.inode_ratio = Some(16384);
+    write_image(&everything_tree(), &opts, &image, 1 << 30).unwrap();
+    {
+        let mount = LoopMount::new(&image, &dir.path().join("mnt"), "loop,rw");
+        let m = &mount.dir;
+        // More than a group holds, so the kernel allocates in uninitialised groups.
+        for i in 0..3u8 {
+            std::fs::write(m.join(format!("big-{i}")), vec![i + 1; 100 << 20]).unwrap();
+        }
+        std::fs::create_dir(m.join("new-dir")).unwrap();
+        for i in 0..300 {
+            std::fs::write(m.join("new-dir").join(format!("f{i}")), b"x").unwrap();
+        }
+        run_ok(&mut Command::new("sync"));
+    }
+    assert_e2fsck_clean(&image);
+    let mount = LoopMount::new(&image, &dir.path().join("ro"), "loop,ro");
+    for i in 0..3u8 {
+        let data = std::fs::read(mount.dir.join(format!("big-{i}"))).unwrap();
+        assert!(data.len() == 100 << 20 && data.iter().all(|&b| b == i + 1), "big-{i}");
+    }
+    assert_eq!(std::fs::read(mount.dir.join("etc/hosts")).unwrap(), b"127.0.0.1 localhost\n");
 }
 
 #[test]

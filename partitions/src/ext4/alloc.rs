@@ -1,5 +1,6 @@
 //! The block allocator: a cursor that only moves forward, skipping the reserved
-//! superblock and descriptor-table copies. Nothing is ever freed, so this is
+//! ranges (superblock and descriptor-table copies, metadata kept in its own group,
+//! the journal's body). Nothing is ever freed, so this is
 //! first-fit; a run that must be contiguous (an inode table) skips to after a
 //! reserved range when it does not fit before it. Allocations happen in one fixed
 //! order, so the layout is deterministic.
@@ -85,6 +86,11 @@ impl Allocator {
             .map(|r| r.end.min(self.total).saturating_sub(r.start.max(self.next)))
             .sum();
         self.total.saturating_sub(self.next).saturating_sub(reserved_ahead)
+    }
+
+    /// Reserved ranges not yet passed: those an allocation may still have to skip.
+    pub(crate) fn reserved_ahead(&self) -> u64 {
+        self.reserved.iter().filter(|r| r.end > self.next).count() as u64
     }
 
     /// Every used block range (reserved and allocated), sorted and merged.

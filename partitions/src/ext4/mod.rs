@@ -8,10 +8,11 @@
 //!
 //! Supported subset: 4096-byte blocks, 256-byte inodes (extra_isize 32), features
 //! ext_attr, dir_index (set for later read-write use; directories are written linear),
-//! filetype, extents, 64bit, flex_bg, sparse_super with sparse_super2 (superblock
-//! copies in group 1 and the last group only), large_file, huge_file, dir_nlink,
-//! extra_isize, metadata_csum, uninitialised groups (BLOCK_UNINIT, INODE_UNINIT,
-//! bg_itable_unused, as mke2fs's lazy init; see group.rs); an optional internal JBD2 journal (inode 8). Regular
+//! filetype, extents, 64bit, flex_bg, sparse_super with sparse_super2 (no superblock
+//! copy, or one in the last group: [`Ext4Options::backup_superblock`]), large_file,
+//! huge_file, dir_nlink, extra_isize, metadata_csum, uninitialised groups
+//! (BLOCK_UNINIT, INODE_UNINIT, bg_itable_unused, as mke2fs's lazy init; see
+//! group.rs); an optional internal JBD2 journal (inode 8). Regular
 //! files with holes (all-zero blocks become holes too) up to 16 TiB, extent trees of
 //! any depth, linear directories of any size, fast and slow symlinks, hard links,
 //! devices (old and new encodings), FIFOs, sockets, 32-bit owners, nanosecond times,
@@ -21,18 +22,23 @@
 //! bigalloc, encryption, casefolding, xattr values in inodes (ea_inode), shared xattr
 //! blocks, reserved-block percentages (always 0).
 //!
-//! Layout: all group metadata (bitmaps, inode tables) is packed after the primary
-//! descriptor table (flex_bg), then the journal, then for each inode in number order
-//! its xattr block, its data or directory blocks and its extent-tree blocks. Inode
+//! Layout (`Geometry` in plan.rs): every block that is written sits in one
+//! stretch at the start: the superblock and descriptor table, the block bitmaps of
+//! the groups that are always initialised, the inode bitmaps and tables of the groups
+//! holding used inodes, the journal's superblock, then for each inode in number order
+//! its xattr block, its data or directory blocks and its extent-tree blocks. The
+//! other groups keep their (unwritten) bitmaps and inode tables in themselves, and the
+//! journal's body (zeros) fills the end of the file system. Inode
 //! numbers follow the tree's canonical walk: root 2, lost+found 11, then every node
 //! at its first name in walk order. Everything, including times and ids, comes from
 //! the tree and [`Ext4Options`], so the same input gives the same bytes.
 //!
-//! Size costs nothing: what is written is the superblock and descriptor table (and
-//! their two copies), the bitmaps of groups holding used blocks or inodes, the used
-//! part of the inode tables, the journal superblock and the content. Everything
+//! Size costs nothing: what is written is the superblock and descriptor table, the
+//! bitmaps of groups holding used blocks or inodes, the used part of the inode
+//! tables, the journal superblock and the content, all of it from block 0 on (plus
+//! the superblock copy at the start of the last group when one is kept). Everything
 //! else is left unwritten (a hole in a sparse sink), so a 2 TiB empty file system is
-//! a few MiB of data in a handful of places, like a 2 GiB one.
+//! well under 32 MiB of data at its start, like a 2 GiB one.
 //!
 //! While writing, two helper threads read file content ahead (files dealt in turn) and
 //! another performs the positioned writes; the allocation and layout happen on the
@@ -97,6 +103,12 @@ pub struct Ext4Options {
     pub inode_ratio: Option<u64>,
     /// Free inodes to keep on top of what the tree uses.
     pub extra_inodes: u32,
+    /// Keep one superblock and descriptor-table copy, at the start of the last group
+    /// (sparse_super2), for e2fsck to repair a damaged primary from. It is the one
+    /// block written far from the start, so it costs one more stored block in a
+    /// dynamic VHDX; without it (the default) a read-only image has no copy, which
+    /// e2fsck accepts.
+    pub backup_superblock: bool,
 }
 
 impl Default for Ext4Options {
@@ -109,6 +121,7 @@ impl Default for Ext4Options {
             journal: false,
             inode_ratio: None,
             extra_inodes: 0,
+            backup_superblock: false,
         }
     }
 }

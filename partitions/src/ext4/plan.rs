@@ -332,12 +332,11 @@ fn check_symlink(target: &[u8], path: &str) -> Result<(), Ext4Error> {
     Err(Ext4Error::BadSymlink { path: path.to_string(), reason })
 }
 
-/// s_backup_bgs of sparse_super2 for `groups` groups, as mke2fs sets it: group 1
-/// and the last group, sorted, 0 for "none" (one group: no copy; two: only group 1).
-pub(crate) fn backup_bgs(groups: u32) -> [u32; 2] {
-    let last = groups.saturating_sub(1);
-    let first = 1.min(last);
-    if first == last { [0, first] } else { [first, last] }
+/// s_backup_bgs of sparse_super2: one superblock and descriptor-table copy, in the
+/// last group, when `keep_copy` ([`Ext4Options::backup_superblock`]), none
+/// otherwise. Stored as mke2fs does: sorted, 0 for "none".
+pub(crate) fn backup_bgs(groups: u32, keep_copy: bool) -> [u32; 2] {
+    [0, if keep_copy { groups.saturating_sub(1) } else { 0 }]
 }
 
 /// Whether group `group` holds a superblock and descriptor-table copy (group 0 holds
@@ -347,6 +346,25 @@ pub(crate) fn has_backup(group: u32, bgs: [u32; 2]) -> bool {
 }
 
 /// The shape of a file system of a given size, with its metadata and journal placed.
+///
+/// Placement keeps every block that is ever written near the start, so that a sparse
+/// file or a dynamically expanding disk stores one dense stretch per file system,
+/// whatever its size (flex_bg lets bitmaps and tables sit anywhere):
+///
+/// * the front, from block 1 + descriptor table on: the block bitmaps of the groups
+///   that are always initialised (group 0, the last group, the groups holding the
+///   journal), the inode bitmaps and inode tables of the groups holding used inodes
+///   (inodes are numbered from 1, so these are the first groups and the used inodes
+///   fill the start of the tables), the journal's first block (its superblock) and
+///   extent-tree blocks, then the content;
+/// * every other group keeps its own metadata at its start ("at home", after its
+///   superblock copy if any): its block bitmap unless it is in the front, its inode
+///   bitmap and table when it holds no used inode. Such a group is BLOCK_UNINIT and
+///   INODE_UNINIT unless content reaches it, so nothing there is written; a group
+///   that content reaches has its bitmap inside the content;
+/// * the journal's other blocks (zeros) fill the end of the file system, around the
+///   home metadata of its groups, and the superblock copy, if any, starts the last
+///   group.
 #[derive(Clone, Debug)]
 pub(crate) struct Geometry {
     pub blocks: u64,
@@ -356,11 +374,214 @@ pub(crate) struct Geometry {
     pub block_bitmaps: Vec<u64>,
     pub inode_bitmaps: Vec<u64>,
     pub inode_tables: Vec<u64>,
-    /// Groups holding a superblock: 0, then the sparse_super2 backups.
+    /// Groups holding a superblock: 0, then the sparse_super2 backup if any.
     pub backup_groups: Vec<u32>,
     pub backup_bgs: [u32; 2],
     pub journal: Option<(ExtentList, Vec<u64>)>,
     pub allocator: Allocator,
+}
+
+/// Group count, inode density and backups of a file system, before placement.
+struct Shape {
+    blocks: u64,
+    groups: u32,
+    gdt_blocks: u64,
+    inodes_per_group: u64,
+    table_blocks: u64,
+    backup_bgs: [u32; 2],
+    /// Groups 0..used_groups hold the used inodes.
+    used_groups: u64,
+}
+
+impl Shape {
+    /// The shape for a region of `region_blocks` blocks, or `None` when it is too small.
+    fn new(
+        region_blocks: u64,
+        plan: &Plan<'_>,
+        opts: &Ext4Options,
+    ) -> Result<Option<Shape>, Ext4Error> {
+        let per_group = u64::from(BLOCKS_PER_GROUP);
+        let desc_per_block = BLOCK_SIZE / super::DESC_SIZE as u64;
+        let inodes_per_block = BLOCK_SIZE / INODE_SIZE as u64;
+        let mut blocks = region_blocks;
+        // Runs twice at most: after dropping a short last group, the last group is whole.
+        loop {
+            if blocks < 16 {
+                return Ok(None);
+            }
+            let groups_u64 = blocks.div_ceil(per_group);
+            let groups = u32::try_from(groups_u64)
+                .map_err(|_| Ext4Error::TooLarge(region_blocks.saturating_mul(BLOCK_SIZE)))?;
+            // Inodes: what the tree needs plus headroom, or one per `inode_ratio` bytes.
+            let needed = u64::from(plan.last_ino) + u64::from(opts.extra_inodes);
+            let by_ratio =
+                opts.inode_ratio.filter(|r| *r > 0).map_or(0, |r| blocks * BLOCK_SIZE / r);
+            let max_ipg = (u64::from(u32::MAX) / groups_u64 / inodes_per_block * inodes_per_block)
+                .min(per_group);
+            let ipg_for = |count: u64| {
+                count.div_ceil(groups_u64).div_ceil(inodes_per_block) * inodes_per_block
+            };
+            let ipg_needed = ipg_for(needed).max(inodes_per_block);
+            if ipg_needed > max_ipg {
+                return Ok(None);
+            }
+            let ipg = ipg_for(by_ratio).clamp(ipg_needed, max_ipg);
+            let shape = Shape {
+                blocks,
+                groups,
+                gdt_blocks: groups_u64.div_ceil(desc_per_block),
+                inodes_per_group: ipg,
+                table_blocks: ipg / inodes_per_block,
+                backup_bgs: backup_bgs(groups, opts.backup_superblock),
+                // ipg × groups ≥ needed ≥ last_ino, so this is at most `groups`.
+                used_groups: u64::from(plan.last_ino).saturating_sub(1) / ipg + 1,
+            };
+            // Drop a last group too short to hold its home metadata and some data.
+            let last = groups - 1;
+            if last > 0 && shape.group_end(last) < shape.home_end(last, false) + 16 {
+                blocks = u64::from(last) * per_group;
+                continue;
+            }
+            return Ok(Some(shape));
+        }
+    }
+
+    fn group_start(&self, group: u32) -> u64 {
+        u64::from(group) * u64::from(BLOCKS_PER_GROUP)
+    }
+
+    fn group_end(&self, group: u32) -> u64 {
+        self.blocks.min(self.group_start(group) + u64::from(BLOCKS_PER_GROUP))
+    }
+
+    /// Blocks of the superblock and descriptor table (or their copy) starting the group.
+    fn base(&self, group: u32) -> u64 {
+        if has_backup(group, self.backup_bgs) { 1 + self.gdt_blocks } else { 0 }
+    }
+
+    /// Whether the group's inode bitmap and table stay in the group (it holds no used inode).
+    fn tables_at_home(&self, group: u32) -> bool {
+        u64::from(group) >= self.used_groups
+    }
+
+    /// End of the group's superblock copy and home metadata, its block bitmap
+    /// included when `bitmap_at_home`.
+    fn home_end(&self, group: u32, bitmap_at_home: bool) -> u64 {
+        let mut end = self.group_start(group) + self.base(group);
+        if group != 0 {
+            end += u64::from(bitmap_at_home);
+            if self.tables_at_home(group) {
+                end += 1 + self.table_blocks;
+            }
+        }
+        end
+    }
+
+    /// Places the metadata and the journal, or `None` when they do not fit.
+    fn place(self, opts: &Ext4Options) -> Option<Geometry> {
+        let groups = usize::try_from(self.groups).ok()?;
+        let last = self.groups - 1;
+        // Groups whose block bitmap is in the front: those always initialised.
+        let mut front_bitmap = vec![false; groups];
+        front_bitmap[0] = true;
+        front_bitmap[groups - 1] = true;
+
+        // The journal's blocks after its first, from the end of the file system down.
+        let journal_blocks = if opts.journal { journal::default_blocks(self.blocks) } else { 0 };
+        let mut journal_body: Vec<Range<u64>> = Vec::new();
+        let mut needed = journal_blocks.saturating_sub(1);
+        let mut group = last;
+        while needed > 0 {
+            let end = self.group_end(group);
+            let take = needed.min(end.saturating_sub(self.home_end(group, false)));
+            if take > 0 {
+                journal_body.push(end - take..end);
+                front_bitmap[usize::try_from(group).ok()?] = true;
+                needed -= take;
+            }
+            if needed > 0 {
+                group = group.checked_sub(1)?;
+            }
+        }
+        journal_body.reverse();
+
+        // Superblock copies and home metadata, reserved before the front is allocated.
+        let mut block_bitmaps = vec![0u64; groups];
+        let mut inode_bitmaps = vec![0u64; groups];
+        let mut inode_tables = vec![0u64; groups];
+        let mut reserved: Vec<Range<u64>> = Vec::with_capacity(2 * groups + journal_body.len());
+        for (group, g) in (0..self.groups).zip(0..groups) {
+            let start = self.group_start(group);
+            let home = start + self.base(group);
+            if home > start {
+                reserved.push(start..home);
+            }
+            let end = self.home_end(group, !front_bitmap[g]);
+            if end > self.group_end(group) {
+                return None;
+            }
+            if group != 0 {
+                let mut at = home;
+                if !front_bitmap[g] {
+                    block_bitmaps[g] = at;
+                    at += 1;
+                }
+                if self.tables_at_home(group) {
+                    inode_bitmaps[g] = at;
+                    inode_tables[g] = at + 1;
+                }
+                if end > home {
+                    reserved.push(home..end);
+                }
+            }
+        }
+        reserved.extend(journal_body.iter().cloned());
+        reserved.sort_by_key(|r| r.start);
+
+        // The front, in the order described above.
+        let mut allocator = Allocator::new(self.blocks, reserved);
+        for (bitmap, _) in block_bitmaps.iter_mut().zip(&front_bitmap).filter(|(_, f)| **f) {
+            *bitmap = allocator.alloc(1)?.start;
+        }
+        // used_groups ≤ groups, a usize.
+        let used = usize::try_from(self.used_groups).ok()?;
+        for bitmap in &mut inode_bitmaps[..used] {
+            *bitmap = allocator.alloc(1)?.start;
+        }
+        for table in &mut inode_tables[..used] {
+            *table = allocator.alloc_contiguous(self.table_blocks)?.start;
+        }
+        let journal = if opts.journal {
+            let mut list = ExtentList::default();
+            list.push(0, allocator.alloc(1)?.start, 1);
+            for run in &journal_body {
+                list.push(list.blocks, run.start, run.end - run.start);
+            }
+            let mut tree_blocks = Vec::new();
+            for _ in 0..extent::tree_blocks(list.extents.len() as u64) {
+                tree_blocks.push(allocator.alloc(1)?.start);
+            }
+            Some((list, tree_blocks))
+        } else {
+            None
+        };
+        let mut backup_groups = vec![0];
+        backup_groups.extend(self.backup_bgs.iter().copied().filter(|&g| g != 0));
+        Some(Geometry {
+            blocks: self.blocks,
+            groups: self.groups,
+            // At most BLOCKS_PER_GROUP.
+            inodes_per_group: u32::try_from(self.inodes_per_group).unwrap_or(BLOCKS_PER_GROUP),
+            gdt_blocks: self.gdt_blocks,
+            block_bitmaps,
+            inode_bitmaps,
+            inode_tables,
+            backup_groups,
+            backup_bgs: self.backup_bgs,
+            journal,
+            allocator,
+        })
+    }
 }
 
 impl Geometry {
@@ -371,99 +592,18 @@ impl Geometry {
         plan: &Plan<'_>,
         opts: &Ext4Options,
     ) -> Result<Option<Geometry>, Ext4Error> {
-        let per_group = u64::from(BLOCKS_PER_GROUP);
-        let mut blocks = region_blocks;
-        let mut groups_u64 = blocks.div_ceil(per_group);
-        if groups_u64 > u64::from(u32::MAX) {
-            return Err(Ext4Error::TooLarge(region_blocks.saturating_mul(BLOCK_SIZE)));
-        }
-        let desc_per_block = (BLOCK_SIZE / super::DESC_SIZE as u64).max(1);
-        // Drop a last group too small to be useful (or to hold its superblock copy).
-        if groups_u64 > 1 {
-            let last = blocks - (groups_u64 - 1) * per_group;
-            // The last group holds a superblock copy (sparse_super2).
-            let gdt = groups_u64.div_ceil(desc_per_block);
-            let minimum = 1 + gdt + 16;
-            if last < minimum {
-                groups_u64 -= 1;
-                blocks = groups_u64 * per_group;
-            }
-        }
-        if blocks < 16 {
-            return Ok(None);
-        }
-        // Bounded by the check above.
-        let groups = u32::try_from(groups_u64).unwrap_or(u32::MAX);
-        let gdt_blocks = groups_u64.div_ceil(desc_per_block);
+        Ok(Shape::new(region_blocks, plan, opts)?.and_then(|shape| shape.place(opts)))
+    }
 
-        // Inodes: what the tree needs plus headroom, or one per `inode_ratio` bytes.
-        let needed = u64::from(plan.last_ino) + u64::from(opts.extra_inodes);
-        let by_ratio = opts.inode_ratio.filter(|r| *r > 0).map_or(0, |r| blocks * BLOCK_SIZE / r);
-        let inodes_per_block = BLOCK_SIZE / INODE_SIZE as u64;
-        let max_ipg = (u64::from(u32::MAX) / groups_u64 / inodes_per_block * inodes_per_block)
-            .min(u64::from(BLOCKS_PER_GROUP));
-        let ipg_for =
-            |count: u64| count.div_ceil(groups_u64).div_ceil(inodes_per_block) * inodes_per_block;
-        let ipg_needed = ipg_for(needed).max(inodes_per_block);
-        if ipg_needed > max_ipg {
-            return Ok(None);
-        }
-        let ipg = ipg_for(by_ratio).clamp(ipg_needed, max_ipg);
-        let inode_table_blocks = ipg / inodes_per_block;
-
-        let backup_bgs = backup_bgs(groups);
-        let mut backup_groups = vec![0];
-        backup_groups.extend(backup_bgs.iter().copied().filter(|&g| g != 0));
-        let reserved = backup_groups
-            .iter()
-            .map(|&g| {
-                let start = u64::from(g) * per_group;
-                start..(start + 1 + gdt_blocks).min(blocks)
-            })
-            .collect();
-        let mut allocator = Allocator::new(blocks, reserved);
-        let place = |n: u64, allocator: &mut Allocator| -> Option<Vec<u64>> {
-            (0..groups).map(|_| allocator.alloc_contiguous(n).map(|r| r.start)).collect()
-        };
-        let Some(block_bitmaps) = place(1, &mut allocator) else { return Ok(None) };
-        let Some(inode_bitmaps) = place(1, &mut allocator) else { return Ok(None) };
-        let Some(inode_tables) = place(inode_table_blocks, &mut allocator) else { return Ok(None) };
-        let journal = if opts.journal {
-            let length = journal::default_blocks(blocks);
-            let mut list = ExtentList::default();
-            while list.blocks < length {
-                let Some(run) = allocator.alloc(length - list.blocks) else { return Ok(None) };
-                list.push(list.blocks, run.start, run.end - run.start);
-            }
-            let mut tree_blocks = Vec::new();
-            for _ in 0..extent::tree_blocks(list.extents.len() as u64) {
-                let Some(run) = allocator.alloc(1) else { return Ok(None) };
-                tree_blocks.push(run.start);
-            }
-            Some((list, tree_blocks))
-        } else {
-            None
-        };
-        Ok(Some(Geometry {
-            blocks,
-            groups,
-            inodes_per_group: u32::try_from(ipg).unwrap_or(BLOCKS_PER_GROUP),
-            gdt_blocks,
-            block_bitmaps,
-            inode_bitmaps,
-            inode_tables,
-            backup_groups,
-            backup_bgs,
-            journal,
-            allocator,
-        }))
+    /// Blocks the plan may need on top of its count: each reserved range ahead of the
+    /// allocator can split one extent, adding at most 3 tree blocks.
+    fn split_margin(&self) -> u64 {
+        3 * self.allocator.reserved_ahead()
     }
 
     /// Whether the plan's blocks fit what is left after the metadata.
     pub(crate) fn fits(&self, plan: &Plan<'_>) -> bool {
-        // Each reserved range can split one extent, adding at most 3 tree blocks.
-        let split_margin = 3 * self.backup_groups.len() as u64;
-        plan.content_blocks + plan.slack_blocks + split_margin <= self.allocator.remaining()
+        plan.content_blocks + plan.slack_blocks + self.split_margin() <= self.allocator.remaining()
     }
 }
 
@@ -473,9 +613,7 @@ pub(crate) fn min_blocks(plan: &Plan<'_>, opts: &Ext4Options) -> Result<u64, Ext
     loop {
         match Geometry::new(blocks, plan, opts)? {
             Some(geometry) => {
-                let need = plan.content_blocks
-                    + plan.slack_blocks
-                    + 3 * geometry.backup_groups.len() as u64;
+                let need = plan.content_blocks + plan.slack_blocks + geometry.split_margin();
                 let have = geometry.allocator.remaining();
                 if need <= have {
                     return Ok(blocks);
@@ -495,12 +633,16 @@ mod tests {
     use super::*;
 
     #[test]
-    fn backups_are_in_group_1_and_the_last_group() {
-        assert_eq!(backup_bgs(1), [0, 0]);
-        assert_eq!(backup_bgs(2), [0, 1]);
-        assert_eq!(backup_bgs(16384), [1, 16383]);
-        let groups: Vec<u32> = (0..100).filter(|&g| has_backup(g, backup_bgs(100))).collect();
-        assert_eq!(groups, [0, 1, 99]);
-        assert!(!has_backup(3, backup_bgs(100)));
+    fn a_copy_in_the_last_group_or_none() {
+        assert_eq!(backup_bgs(1, true), [0, 0]);
+        assert_eq!(backup_bgs(2, true), [0, 1]);
+        assert_eq!(backup_bgs(16384, true), [0, 16383]);
+        assert_eq!(backup_bgs(16384, false), [0, 0]);
+        let groups: Vec<u32> = (0..100).filter(|&g| has_backup(g, backup_bgs(100, true))).collect();
+        assert_eq!(groups, [0, 99]);
+        assert!(!has_backup(1, backup_bgs(100, true)));
+        let groups: Vec<u32> =
+            (0..100).filter(|&g| has_backup(g, backup_bgs(100, false))).collect();
+        assert_eq!(groups, [0]);
     }
 }

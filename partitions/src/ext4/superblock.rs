@@ -1,7 +1,6 @@
-//! The ext4 superblock (1024 bytes at byte 1024; copies in the sparse_super2 backup
-//! groups named by s_backup_bgs: group 1 and the last group, as `mke2fs -O
-//! sparse_super2` places them, so a large file system has no metadata scattered
-//! over its length).
+//! The ext4 superblock (1024 bytes at byte 1024; with sparse_super2 its copies are
+//! in the groups named by s_backup_bgs: none, or the last group only, so a large
+//! file system has no metadata scattered over its length).
 //!
 //! Field offsets follow e2fsprogs `lib/ext2fs/ext2_fs.h` (struct ext2_super_block);
 //! see shared/reference/formats.md §3.2. The writer sets the subset listed there;
