@@ -294,3 +294,53 @@ fn mkfs_ext4_from_a_directory_and_its_tar_gives_the_same_image() {
     assert_eq!(result.status.code(), Some(1), "{}", String::from_utf8_lossy(&result.stderr));
     assert!(!small.exists());
 }
+
+#[test]
+fn vhdx_stores_little_more_than_the_content_and_ignores_the_data_size() {
+    const BLOCK: u64 = 32 << 20;
+    let dir = scratch();
+    let raw = build("raw", &dir.path().join("raw"));
+    let vhdx = build("vhdx", &dir.path().join("vhdx"));
+    // The raw report's stored bytes are the image's non-zero 4 KiB blocks.
+    let content = raw["image"]["stored_bytes"].as_u64().unwrap();
+    let partitions = vhdx["partitions"].as_array().unwrap().len() as u64;
+    let file = fs::metadata(image(&dir.path().join("vhdx"), "vhdx")).unwrap().len();
+    let bound = content + (partitions + 1) * BLOCK + (8 << 20);
+    eprintln!("VHDX {file} bytes for {content} bytes of content; bound {bound}");
+    assert!(
+        file <= bound,
+        "VHDX {file} bytes > content {content} + {} boundaries x 32 MiB + 8 MiB",
+        partitions + 1
+    );
+
+    // A 2 TiB Data partition costs the same file as a 2 GiB one.
+    let manifest = fs::read_to_string(eflow_manifest()).unwrap().replace(
+        "{ name: Data, type: linux, size: 2GiB,",
+        "{ name: Data, type: linux, size: 2TiB,",
+    );
+    assert!(manifest.contains("size: 2TiB"));
+    let big = dir.path().join("big.yaml");
+    fs::write(
+        &big,
+        manifest
+            .replace(
+                "source: demo-rootfs/",
+                &format!("source: {}/manifests/demo-rootfs/", repo_root().display()),
+            )
+            .replace(
+                "contents: demo-esp/",
+                &format!("contents: {}/manifests/demo-esp/", repo_root().display()),
+            ),
+    )
+    .unwrap();
+    let out = dir.path().join("big");
+    run_ok(&mut abforge([
+        "build".as_ref(),
+        big.as_os_str(),
+        "-o".as_ref(),
+        out.as_os_str(),
+        "--quiet".as_ref(),
+    ]));
+    let big_file = fs::metadata(out.join("eflow.vhdx")).unwrap().len();
+    assert_eq!(big_file, file, "the 2 TiB Data partition changed the VHDX size");
+}
