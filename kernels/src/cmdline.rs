@@ -14,6 +14,12 @@
 //! `dm_mod.x` are the same key. A key may appear once unless it is on the line's
 //! allow-list of repeatable keys (`console` by default: each one adds a console).
 //!
+//! Those refusals are for lines abforge composes ([`Cmdline`], [`split_kernel_args`]).
+//! A line the kernel booted with is read as the kernel reads it
+//! ([`split_booted_args`], [`parse_abforge_params`]): up to `--`, and a word abforge
+//! would refuse is skipped rather than stopping the boot, unless it is an `abforge.*`
+//! parameter.
+//!
 //! Two families of generated parameters live here:
 //!
 //! - [`InitParams`]: the `abforge.*` parameters read by abforge's own init, with the
@@ -234,14 +240,52 @@ impl Cmdline {
 }
 
 /// Splits a command line into parameters with the kernel's rules (see the module
-/// comment); the quotes are removed from the values.
+/// comment); the quotes are removed from the values. Every word must be a valid
+/// [`Param`]: this is the reading for lines abforge composes.
 pub fn split_kernel_args(text: &str) -> Result<Vec<Param>, CmdlineError> {
-    let mut params = Vec::new();
+    split_words(text)?
+        .into_iter()
+        .map(|(key, value)| match value {
+            None => Param::flag(key),
+            Some(value) => Param::new(key, value),
+        })
+        .collect()
+}
+
+/// The parameters of a command line the kernel booted with (`/proc/cmdline`), read as
+/// the kernel reads them: split like [`split_kernel_args`], up to a `--` word (what
+/// follows it is handed to init as arguments, not parameters). A word that could not
+/// be a [`Param`] (a double quote inside a value, a control character, a key that is
+/// not printable ASCII) is left out instead of refused: it is someone else's, and
+/// the boot must not stop over it. Only an unterminated quote is an error.
+pub fn split_booted_args(text: &str) -> Result<Vec<Param>, CmdlineError> {
+    Ok(booted_words(text)?
+        .into_iter()
+        .filter_map(|(key, value)| match value {
+            None => Param::flag(key).ok(),
+            Some(value) => Param::new(key, value).ok(),
+        })
+        .collect())
+}
+
+/// The words of a booted command line up to `--`, unchecked (see [`split_booted_args`]).
+fn booted_words(text: &str) -> Result<Vec<(&str, Option<&str>)>, CmdlineError> {
+    let mut words = split_words(text)?;
+    if let Some(end) = words.iter().position(|word| *word == ("--", None)) {
+        words.truncate(end);
+    }
+    Ok(words)
+}
+
+/// Splits a command line into `(key, value)` words with the kernel's rules, quotes
+/// removed, nothing else checked.
+fn split_words(text: &str) -> Result<Vec<(&str, Option<&str>)>, CmdlineError> {
+    let mut words = Vec::new();
     let mut rest = text;
     loop {
         rest = rest.trim_start_matches(is_kernel_space);
         if rest.is_empty() {
-            return Ok(params);
+            return Ok(words);
         }
         let mut in_quote = false;
         let mut end = rest.len();
@@ -265,10 +309,10 @@ pub fn split_kernel_args(text: &str) -> Result<Vec<Param>, CmdlineError> {
             Some(inner) => (true, inner),
             None => (false, word),
         };
-        let param = match body.split_once('=') {
+        words.push(match body.split_once('=') {
             None => {
                 let key = if whole_quoted { body.strip_suffix('"').unwrap_or(body) } else { body };
-                Param::flag(key)?
+                (key, None)
             }
             Some((key, value)) => {
                 let value = match value.strip_prefix('"') {
@@ -276,10 +320,9 @@ pub fn split_kernel_args(text: &str) -> Result<Vec<Param>, CmdlineError> {
                     None if whole_quoted => value.strip_suffix('"').unwrap_or(value),
                     None => value,
                 };
-                Param::new(key, value)?
+                (key, Some(value))
             }
-        };
-        params.push(param);
+        });
     }
 }
 
@@ -400,6 +443,62 @@ impl FromStr for HashAlgorithm {
     }
 }
 
+/// What dm-verity does when a block of the root does not match its hash
+/// (`abforge.verity.oncorruption`).
+#[derive(Clone, Copy, PartialEq, Eq, Debug, Default)]
+pub enum OnCorruption {
+    /// The read fails with EIO: dm-verity's default, no option in the table.
+    #[default]
+    Eio,
+    /// The kernel restarts the machine (table option `restart_on_corruption`), so the
+    /// bootloader can fall back to the other slot.
+    Restart,
+    /// The kernel panics (table option `panic_on_corruption`).
+    Panic,
+}
+
+impl OnCorruption {
+    /// The value of `abforge.verity.oncorruption`.
+    pub fn name(self) -> &'static str {
+        match self {
+            OnCorruption::Eio => "eio",
+            OnCorruption::Restart => "restart",
+            OnCorruption::Panic => "panic",
+        }
+    }
+
+    /// The option of the dm-verity table line (verity.rst); `None` for the default.
+    pub fn table_option(self) -> Option<&'static str> {
+        match self {
+            OnCorruption::Eio => None,
+            OnCorruption::Restart => Some("restart_on_corruption"),
+            OnCorruption::Panic => Some("panic_on_corruption"),
+        }
+    }
+
+    /// The option of `systemd.verity_root_options` (veritytab(5)); `None` for the default.
+    pub fn systemd_option(self) -> Option<&'static str> {
+        match self {
+            OnCorruption::Eio => None,
+            OnCorruption::Restart => Some("restart-on-corruption"),
+            OnCorruption::Panic => Some("panic-on-corruption"),
+        }
+    }
+}
+
+impl FromStr for OnCorruption {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<OnCorruption, String> {
+        match s {
+            "eio" => Ok(OnCorruption::Eio),
+            "restart" => Ok(OnCorruption::Restart),
+            "panic" => Ok(OnCorruption::Panic),
+            _ => Err("expected eio, restart or panic".to_string()),
+        }
+    }
+}
+
 /// Longest salt veritysetup accepts, in bytes.
 pub const MAX_SALT_LEN: usize = 256;
 
@@ -477,6 +576,7 @@ fn check_block_size(key: &str, size: u32) -> Result<(), ParamsError> {
 /// | `abforge.verity.datablocksize` | bytes | no, 4096 |
 /// | `abforge.verity.hashblocksize` | bytes | no, 4096 |
 /// | `abforge.verity.hashalg` | `sha256`, `sha1`, `sha512` | no, `sha256` |
+/// | `abforge.verity.oncorruption` | what a block failing its hash does: `eio` (the read fails), `restart`, `panic` | no, `eio` |
 /// | `abforge.data` | device mounted at /var | no |
 /// | `abforge.log` | device mounted at /logs | no |
 /// | `abforge.overlays` | comma-separated absolute directories made writable (`/etc,/home,/root`) | no |
@@ -485,7 +585,9 @@ fn check_block_size(key: &str, size: u32) -> Result<(), ParamsError> {
 /// | `abforge.wait` | seconds to wait for the devices | no, 30 |
 ///
 /// The renderer writes every parameter, defaults included, so the command line
-/// shows the whole configuration.
+/// shows the whole configuration; the exception is `abforge.verity.oncorruption`,
+/// written only when it is not `eio`, so that lines rendered before it existed stay
+/// byte-identical.
 #[derive(Clone, PartialEq, Eq, Debug)]
 pub struct InitParams {
     pub slot: Slot,
@@ -498,6 +600,10 @@ pub struct InitParams {
     pub overlay_dir: Option<String>,
     pub init: String,
     pub wait_seconds: u32,
+    /// What dm-verity does on a corrupted block; anything but the default needs
+    /// `verity`. (A field of [`InitParams`] rather than [`VerityParams`] so that
+    /// code building a `VerityParams` literal keeps compiling.)
+    pub verity_on_corruption: OnCorruption,
 }
 
 /// Default file system type of the root.
@@ -520,6 +626,7 @@ const K_DATA_BLOCKS: &str = "abforge.verity.datablocks";
 const K_DATA_BLOCK_SIZE: &str = "abforge.verity.datablocksize";
 const K_HASH_BLOCK_SIZE: &str = "abforge.verity.hashblocksize";
 const K_HASHALG: &str = "abforge.verity.hashalg";
+const K_ONCORRUPTION: &str = "abforge.verity.oncorruption";
 const K_DATA: &str = "abforge.data";
 const K_LOG: &str = "abforge.log";
 const K_OVERLAYS: &str = "abforge.overlays";
@@ -540,6 +647,7 @@ pub const ABFORGE_KEYS: &[&str] = &[
     K_DATA_BLOCK_SIZE,
     K_HASH_BLOCK_SIZE,
     K_HASHALG,
+    K_ONCORRUPTION,
     K_DATA,
     K_LOG,
     K_OVERLAYS,
@@ -557,6 +665,7 @@ const VERITY_DEPENDENT_KEYS: &[&str] = &[
     K_DATA_BLOCK_SIZE,
     K_HASH_BLOCK_SIZE,
     K_HASHALG,
+    K_ONCORRUPTION,
 ];
 
 fn invalid(key: &str, value: &str, reason: String) -> ParamsError {
@@ -593,14 +702,19 @@ impl InitParams {
             overlay_dir: None,
             init: DEFAULT_INIT.to_string(),
             wait_seconds: DEFAULT_WAIT_SECONDS,
+            verity_on_corruption: OnCorruption::Eio,
         }
     }
 
     /// Checks the values a parser would refuse, so what is rendered parses back.
     pub fn validate(&self) -> Result<(), ParamsError> {
         check_word(K_ROOTFSTYPE, &self.root_fstype)?;
-        if let Some(verity) = &self.verity {
-            verity.validate()?;
+        match &self.verity {
+            Some(verity) => verity.validate()?,
+            None if self.verity_on_corruption != OnCorruption::default() => {
+                return Err(ParamsError::VerityWithoutRootHash { key: K_ONCORRUPTION.to_string() });
+            }
+            None => {}
         }
         for dir in &self.overlays {
             check_abs_path(K_OVERLAYS, dir)?;
@@ -646,6 +760,9 @@ impl InitParams {
             out.push(Param::new(K_DATA_BLOCK_SIZE, &v.data_block_size.to_string())?);
             out.push(Param::new(K_HASH_BLOCK_SIZE, &v.hash_block_size.to_string())?);
             out.push(Param::new(K_HASHALG, v.hash_algorithm.name())?);
+            if self.verity_on_corruption != OnCorruption::default() {
+                out.push(Param::new(K_ONCORRUPTION, self.verity_on_corruption.name())?);
+            }
         }
         if let Some(dev) = &self.data {
             out.push(Param::new(K_DATA, &dev.to_string())?);
@@ -670,9 +787,13 @@ impl InitParams {
             None => out.push(Param::new("root", &self.root.to_string())?),
             Some(v) => {
                 out.push(Param::new("roothash", &hex(&v.root_hash))?);
+                let on_corruption = self.verity_on_corruption.systemd_option();
                 if style == RootStyle::SystemdRootHash {
                     if v.hash_device.is_none() {
                         return Err(ParamsError::RootHashNeedsHashPartition);
+                    }
+                    if let Some(option) = on_corruption {
+                        out.push(Param::new("systemd.verity_root_options", option)?);
                     }
                 } else {
                     let hash_device = v.hash_device.as_ref().unwrap_or(&self.root);
@@ -686,6 +807,7 @@ impl InitParams {
                     options.push(format!("data-block-size={}", v.data_block_size));
                     options.push(format!("hash-block-size={}", v.hash_block_size));
                     options.push(format!("hash={}", v.hash_algorithm.name()));
+                    options.extend(on_corruption.map(str::to_string));
                     out.push(Param::new("systemd.verity_root_options", &options.join(","))?);
                 }
                 out.push(Param::new("root", "/dev/mapper/root")?);
@@ -698,18 +820,20 @@ impl InitParams {
 }
 
 /// Reads the `abforge.*` parameters of a command line (`/proc/cmdline`) into
-/// [`InitParams`]. Other parameters are ignored; unknown `abforge.*` ones, a
-/// parameter given twice, missing required ones, verity parameters without the root
-/// hash and malformed values are errors naming the parameter.
+/// [`InitParams`]. The line is read as the kernel reads it ([`split_booted_args`]:
+/// up to `--`), and other parameters are ignored, whatever they hold; unknown
+/// `abforge.*` ones, a parameter given twice, missing required ones, verity
+/// parameters without the root hash and malformed values are errors naming the
+/// parameter.
 pub fn parse_abforge_params(cmdline: &str) -> Result<InitParams, ParamsError> {
-    let mut found: Vec<(&'static str, String)> = Vec::new();
-    for param in split_kernel_args(cmdline)? {
-        if !param.key().starts_with("abforge.") {
+    let mut found: Vec<(&'static str, &str)> = Vec::new();
+    for (word_key, value) in booted_words(cmdline)? {
+        if !word_key.starts_with("abforge.") {
             continue;
         }
-        let Some(&key) = ABFORGE_KEYS.iter().find(|k| **k == param.key()) else {
+        let Some(&key) = ABFORGE_KEYS.iter().find(|k| **k == word_key) else {
             return Err(ParamsError::Unknown {
-                key: param.key().to_string(),
+                key: word_key.to_string(),
                 known: ABFORGE_KEYS.join(", "),
             });
         };
@@ -720,12 +844,13 @@ pub fn parse_abforge_params(cmdline: &str) -> Result<InitParams, ParamsError> {
             }
             .into());
         }
-        let Some(value) = param.value() else {
+        let Some(value) = value else {
             return Err(invalid(key, "", "it needs a value (key=value)".into()));
         };
-        found.push((key, value.to_string()));
+        check_value(key, value)?;
+        found.push((key, value));
     }
-    let get = |key: &str| found.iter().find(|(k, _)| *k == key).map(|(_, v)| v.as_str());
+    let get = |key: &str| found.iter().find(|(k, _)| *k == key).map(|(_, v)| *v);
     let require = |key: &'static str| get(key).ok_or(ParamsError::Missing { key });
 
     let slot: Slot = require(K_SLOT)?.parse()?;
@@ -765,6 +890,10 @@ pub fn parse_abforge_params(cmdline: &str) -> Result<InitParams, ParamsError> {
             };
             verity.validate()?;
             params.verity = Some(verity);
+            if let Some(name) = get(K_ONCORRUPTION) {
+                params.verity_on_corruption =
+                    name.parse().map_err(|reason| invalid(K_ONCORRUPTION, name, reason))?;
+            }
         }
     }
     params.data = get(K_DATA).map(|d| parse_device(K_DATA, d)).transpose()?;
@@ -1085,6 +1214,109 @@ mod tests {
             render(&params.to_params(RootStyle::SystemdRootHash).unwrap()),
             "root=PARTUUID=06196e49-d8eb-6d49-2e30-42596c2dbb79 rootfstype=ext4 ro"
         );
+    }
+
+    #[test]
+    fn on_corruption_renders_only_when_not_the_default_and_round_trips() {
+        let mut params = sample_params();
+        let text = render(&params.to_params(RootStyle::Abforge).unwrap());
+        assert!(!text.contains("oncorruption"), "{text}");
+        assert_eq!(parse_abforge_params(&text).unwrap().verity_on_corruption, OnCorruption::Eio);
+        for (mode, name) in [(OnCorruption::Restart, "restart"), (OnCorruption::Panic, "panic")] {
+            params.verity_on_corruption = mode;
+            let text = render(&params.to_params(RootStyle::Abforge).unwrap());
+            assert!(
+                text.contains(&format!(
+                    "abforge.verity.hashalg=sha256 abforge.verity.oncorruption={name} abforge.data="
+                )),
+                "{text}"
+            );
+            assert_eq!(parse_abforge_params(&text).unwrap(), params);
+            assert_eq!(name.parse::<OnCorruption>(), Ok(mode));
+            assert_eq!(mode.name(), name);
+        }
+        // Written explicitly, the default parses too.
+        let text = format!(
+            "{} abforge.verity.oncorruption=eio",
+            render(&sample_params().to_params(RootStyle::Abforge).unwrap())
+        );
+        assert_eq!(parse_abforge_params(&text).unwrap(), sample_params());
+    }
+
+    #[test]
+    fn on_corruption_errors() {
+        let base = "abforge.slot=a abforge.root=/dev/vda3";
+        let verity = "abforge.verity.roothash=000102030405060708090a0b0c0d0e0f101112131415161718191a1b1c1d1e1f \
+             abforge.verity.salt=- abforge.verity.hashoffset=8192 abforge.verity.datablocks=2";
+        let err =
+            parse_abforge_params(&format!("{base} {verity} abforge.verity.oncorruption=maybe"))
+                .unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            "kernel parameter abforge.verity.oncorruption=maybe is invalid: expected eio, restart or panic"
+        );
+        let err = parse_abforge_params(&format!("{base} abforge.verity.oncorruption=restart"))
+            .unwrap_err();
+        assert_eq!(
+            err,
+            ParamsError::VerityWithoutRootHash { key: "abforge.verity.oncorruption".into() }
+        );
+        // Without verity, only the default can be rendered.
+        let mut plain = InitParams::new(Slot::a(), DeviceRef::Path("/dev/vda3".into()));
+        plain.verity_on_corruption = OnCorruption::Panic;
+        assert_eq!(
+            plain.to_params(RootStyle::Abforge).unwrap_err(),
+            ParamsError::VerityWithoutRootHash { key: "abforge.verity.oncorruption".into() }
+        );
+        assert!("Restart".parse::<OnCorruption>().is_err());
+    }
+
+    #[test]
+    fn on_corruption_reaches_the_systemd_options() {
+        let mut params = sample_params();
+        params.verity_on_corruption = OnCorruption::Restart;
+        let text = render(&params.to_params(RootStyle::SystemdExplicit).unwrap());
+        assert!(
+            text.contains(",hash=sha256,restart-on-corruption root=/dev/mapper/root"),
+            "{text}"
+        );
+        params.verity.as_mut().unwrap().hash_device = Some(DeviceRef::Path("/dev/vda4".into()));
+        params.verity_on_corruption = OnCorruption::Panic;
+        assert_eq!(
+            render(&params.to_params(RootStyle::SystemdRootHash).unwrap()),
+            "roothash=000102030405060708090a0b0c0d0e0f101112131415161718191a1b1c1d1e1f \
+             systemd.verity_root_options=panic-on-corruption root=/dev/mapper/root rootfstype=ext4 ro"
+        );
+    }
+
+    #[test]
+    fn booted_lines_are_read_as_the_kernel_reads_them() {
+        // Words abforge would refuse are skipped, and `--` ends the parameters.
+        let text =
+            "console=ttyS0 \u{e9}t\u{e9}=1 e=f\"g\"h dm_mod.x=\"a b\" -- abforge.slot=b single";
+        let params = split_booted_args(text).unwrap();
+        let got: Vec<(&str, Option<&str>)> = params.iter().map(|p| (p.key(), p.value())).collect();
+        assert_eq!(got, [("console", Some("ttyS0")), ("dm_mod.x", Some("a b"))]);
+        assert!(split_kernel_args(text).is_err());
+        assert!(matches!(split_booted_args("a=\"open"), Err(CmdlineError::UnterminatedQuote(_))));
+
+        // parse_abforge_params ignores the same foreign words and what follows `--` ...
+        let line =
+            format!("{text} {}", render(&sample_params().to_params(RootStyle::Abforge).unwrap()));
+        assert!(matches!(parse_abforge_params(&line), Err(ParamsError::Missing { .. })));
+        let line = format!(
+            "\u{e9}t\u{e9}=1 e=f\"g\"h {} -- abforge.slot=b abforge.bogus",
+            render(&sample_params().to_params(RootStyle::Abforge).unwrap())
+        );
+        assert_eq!(parse_abforge_params(&line).unwrap(), sample_params());
+        // ... but not a malformed abforge.* one.
+        let err =
+            parse_abforge_params("abforge.slot=a abforge.root=/dev/vda3 abforge.init=/a\"b\"c")
+                .unwrap_err();
+        assert!(matches!(
+            err,
+            ParamsError::Cmdline(CmdlineError::InvalidValue { ref key, .. }) if key == "abforge.init"
+        ));
     }
 
     #[test]

@@ -1,6 +1,6 @@
 //! The boot sequence of PID 1: everything here changes the running system, so it is
 //! only reached when the process is PID 1 (see `main.rs`). The decisions are made by
-//! the pure modules ([`crate::params`], [`crate::plan`], [`crate::verity`],
+//! the pure modules (`abforge_kernels::cmdline`, [`crate::plan`], [`crate::verity`],
 //! [`crate::devices`]); this module performs them in order and turns every failure
 //! into one sentence for the console.
 
@@ -12,12 +12,15 @@ use std::path::Path;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
+use abforge_kernels::cmdline::{
+    DeviceRef, InitParams, OnCorruption, Param, VerityParams, parse_abforge_params,
+    split_booted_args,
+};
 use rustix::mount::{MountFlags, mount, mount_move};
 
 use crate::devices::{self, BlockDevice, ResolveError};
 use crate::dm;
 use crate::modules::{self, LOAD_LIST_PATH, Loaded};
-use crate::params::{DeviceRef, InitParams, parse_abforge_params, split_kernel_args};
 use crate::plan::{self, MountPlan, OverlayPlan, parse_mount_options, probe_fstype};
 use crate::profile::{RECORD_PATH, parse_profile};
 use crate::verity;
@@ -93,7 +96,7 @@ fn boot(console: &mut Console, init_args: Vec<OsString>) -> Result<Never, String
     let params =
         parse_abforge_params(&cmdline_text).map_err(|e| format!("kernel command line: {e}"))?;
     let cmdline =
-        split_kernel_args(&cmdline_text).map_err(|e| format!("kernel command line: {e}"))?;
+        split_booted_args(&cmdline_text).map_err(|e| format!("kernel command line: {e}"))?;
 
     load_modules(console, &cmdline, &release)?;
 
@@ -109,7 +112,7 @@ fn boot(console: &mut Console, init_args: Vec<OsString>) -> Result<Never, String
         None => root_dev.path("/dev"),
         Some(v) => {
             let hash_dev = found.get(1).unwrap_or(root_dev);
-            open_verity(v, root_dev, hash_dev, deadline)?
+            open_verity(v, params.verity_on_corruption, root_dev, hash_dev, deadline)?
         }
     };
     mkdir(SYSROOT)?;
@@ -212,11 +215,7 @@ fn redirect_stdio() {
     }
 }
 
-fn load_modules(
-    console: &mut Console,
-    cmdline: &[crate::params::Param],
-    release: &str,
-) -> Result<(), String> {
+fn load_modules(console: &mut Console, cmdline: &[Param], release: &str) -> Result<(), String> {
     let list = match fs::read_to_string(LOAD_LIST_PATH) {
         Ok(text) => modules::parse_load_list(&text),
         Err(e) if e.kind() == io::ErrorKind::NotFound => {
@@ -279,7 +278,8 @@ fn read_at(path: &str, offset: u64, buf: &mut [u8]) -> Result<(), String> {
 /// Checks the superblock, creates and activates the verity device, and returns the
 /// path to mount (`/dev/mapper/root`, a link to the `dm-N` node devtmpfs made).
 fn open_verity(
-    v: &crate::params::VerityParams,
+    v: &VerityParams,
+    on_corruption: OnCorruption,
     data: &BlockDevice,
     hash: &BlockDevice,
     deadline: Instant,
@@ -288,7 +288,8 @@ fn open_verity(
     let mut superblock = [0u8; 512];
     read_at(&hash_path, v.hash_offset, &mut superblock)?;
     verity::check_superblock(&superblock, v, &hash_path).map_err(|e| e.to_string())?;
-    let table = verity::table(v, &data.dev(), &hash.dev()).map_err(|e| e.to_string())?;
+    let table =
+        verity::table(v, on_corruption, &data.dev(), &hash.dev()).map_err(|e| e.to_string())?;
     let control = dm::Control::open().map_err(|e| e.to_string())?;
     let (major, minor) = control
         .create_and_activate(VERITY_NAME, table.sectors, "verity", &table.params)

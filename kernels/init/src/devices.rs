@@ -17,7 +17,7 @@ use std::path::Path;
 
 use abforge_partitions::Guid;
 
-use crate::params::DeviceRef;
+use abforge_kernels::cmdline::DeviceRef;
 
 /// What the uevent file of a block device says.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]

@@ -18,16 +18,18 @@
 //! `/etc/abforge/modules.load`, `/lib/modules/<release>/<paths listed there>`, and
 //! empty `/proc`, `/sys`, `/dev`, `/run`, `/sysroot` (created when missing).
 //!
-//! Module map: [`params`] (the `abforge.*` parameters; to be replaced by
-//! `abforge_kernels::cmdline`), [`plan`], [`verity`], [`devices`], [`modules`],
-//! [`profile`] are pure or read-only; [`boot`] performs the sequence; [`dm`] holds the
-//! device-mapper ioctls, the only unsafe code of the workspace.
+//! The `abforge.*` parameters are read with `abforge_kernels::cmdline`
+//! (`parse_abforge_params`), the same crate the builder renders them with, so the two
+//! ends of the command line share one definition.
+//!
+//! Module map: [`plan`], [`verity`], [`devices`], [`modules`], [`profile`] are pure or
+//! read-only; [`boot`] performs the sequence; [`dm`] holds the device-mapper ioctls,
+//! the only unsafe code of the workspace.
 
 mod boot;
 mod devices;
 mod dm;
 mod modules;
-mod params;
 mod plan;
 mod profile;
 mod verity;
@@ -37,7 +39,7 @@ use std::io::Write;
 use std::process::ExitCode;
 use std::time::Duration;
 
-use params::{InitParams, parse_abforge_params};
+use abforge_kernels::cmdline::{InitParams, parse_abforge_params};
 
 const USAGE: &str = "\
 usage: abforge-init                          (as PID 1 only: boot the slot named on the kernel command line)
@@ -171,13 +173,14 @@ fn describe(
         None => params.root.to_string(),
         Some(v) => {
             let hash_dev = v.hash_device.as_ref().unwrap_or(&params.root).to_string();
-            let table =
-                verity::table(v, &params.root.to_string(), &hash_dev).map_err(|e| e.to_string())?;
+            let on_corruption = params.verity_on_corruption;
+            let table = verity::table(v, on_corruption, &params.root.to_string(), &hash_dev)
+                .map_err(|e| e.to_string())?;
             step(format!("check the verity superblock at byte {} of {hash_dev}", v.hash_offset));
             step(format!(
                 "create dm-verity device '{}' (read-only, on corruption: {}): {table}",
                 boot::VERITY_NAME,
-                v.on_corruption.name()
+                on_corruption.name()
             ));
             format!("/dev/mapper/{}", boot::VERITY_NAME)
         }

@@ -18,7 +18,7 @@ use std::ffi::CString;
 use std::fs::File;
 use std::io;
 
-use crate::params::Param;
+use abforge_kernels::cmdline::Param;
 
 /// Where the load list lives in the initramfs (`abforge_kernels::modules::LOAD_LIST_PATH`).
 pub const LOAD_LIST_PATH: &str = "/etc/abforge/modules.load";
@@ -61,11 +61,11 @@ pub fn module_name(path: &str) -> Option<(String, bool)> {
 pub fn module_params(cmdline: &[Param], name: &str) -> String {
     let mut out = Vec::new();
     for param in cmdline {
-        let Some((module, key)) = param.key.split_once('.') else { continue };
+        let Some((module, key)) = param.key().split_once('.') else { continue };
         if module.replace('-', "_") != name || key.is_empty() {
             continue;
         }
-        out.push(match &param.value {
+        out.push(match param.value() {
             None => key.to_string(),
             Some(v) if v.contains(' ') => format!("{key}=\"{v}\""),
             Some(v) => format!("{key}={v}"),
@@ -123,7 +123,7 @@ pub fn load(path: &str, cmdline: &[Param]) -> Result<Loaded, ModuleError> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::params::split_kernel_args;
+    use abforge_kernels::cmdline::split_booted_args;
 
     #[test]
     fn load_list_and_paths() {
@@ -155,8 +155,9 @@ mod tests {
 
     #[test]
     fn parameters_from_the_command_line() {
-        let line = split_kernel_args(
-            "quiet dm_verity.prefetch_cluster=0 dm-verity.use_tasklets msg.x=1 dm_verity.s=\"a b\" dm_verity.=y",
+        let line = split_booted_args(
+            "quiet dm_verity.prefetch_cluster=0 dm-verity.use_tasklets msg.x=1 dm_verity.s=\"a b\" dm_verity.=y \
+             -- dm_verity.after_dashes=1",
         )
         .unwrap();
         assert_eq!(module_params(&line, "dm_verity"), "prefetch_cluster=0 use_tasklets s=\"a b\"");

@@ -12,8 +12,8 @@
 
 use rustix::mount::MountFlags;
 
-use crate::params::{DeviceRef, InitParams};
 use crate::profile::Profile;
+use abforge_kernels::cmdline::{DeviceRef, InitParams};
 
 /// Options of the Data mount when the record does not say (the builder's fstab ones).
 pub const DATA_OPTIONS: &str = "defaults,nodev";
@@ -191,8 +191,8 @@ pub fn probe_fstype(head: &[u8]) -> Option<&'static str> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::params::parse_abforge_params;
     use crate::profile::parse_profile;
+    use abforge_kernels::cmdline::parse_abforge_params;
 
     fn profile() -> Profile {
         parse_profile(

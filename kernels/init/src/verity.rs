@@ -10,7 +10,7 @@
 //! format). Left out: hash type 0 (Chrome OS), forward error correction, root hash
 //! signatures (`root_hash_sig_key_desc`).
 
-use crate::params::{OnCorruption, VerityParams, hex};
+use abforge_kernels::cmdline::{OnCorruption, VerityParams, hex};
 
 /// Size of the verity superblock veritysetup writes at `hash_offset`.
 pub const SUPERBLOCK_SIZE: u64 = 512;
@@ -65,7 +65,12 @@ pub fn data_sectors(v: &VerityParams) -> Result<u64, VerityError> {
 
 /// The device-mapper table line (start, length, target, parameters) for the root,
 /// with the devices given as `major:minor`.
-pub fn table(v: &VerityParams, data_dev: &str, hash_dev: &str) -> Result<VerityTable, VerityError> {
+pub fn table(
+    v: &VerityParams,
+    on_corruption: OnCorruption,
+    data_dev: &str,
+    hash_dev: &str,
+) -> Result<VerityTable, VerityError> {
     let mut params = format!(
         "1 {data_dev} {hash_dev} {} {} {} {} {} {} {}",
         v.data_block_size,
@@ -76,10 +81,10 @@ pub fn table(v: &VerityParams, data_dev: &str, hash_dev: &str) -> Result<VerityT
         hex(&v.root_hash),
         if v.salt.is_empty() { "-".to_string() } else { hex(&v.salt) },
     );
-    match v.on_corruption {
-        OnCorruption::Eio => {}
-        OnCorruption::Restart => params.push_str(" 1 restart_on_corruption"),
-        OnCorruption::Panic => params.push_str(" 1 panic_on_corruption"),
+    if let Some(option) = on_corruption.table_option() {
+        // One optional argument follows.
+        params.push_str(" 1 ");
+        params.push_str(option);
     }
     Ok(VerityTable { sectors: data_sectors(v)?, params })
 }
@@ -170,7 +175,7 @@ pub fn check_superblock(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::params::HashAlgorithm;
+    use abforge_kernels::cmdline::HashAlgorithm;
 
     fn sample() -> VerityParams {
         VerityParams {
@@ -182,7 +187,6 @@ mod tests {
             data_block_size: 4096,
             hash_block_size: 4096,
             hash_algorithm: HashAlgorithm::Sha256,
-            on_corruption: OnCorruption::Eio,
         }
     }
 
@@ -201,21 +205,20 @@ mod tests {
     #[test]
     fn table_line_is_exact() {
         let mut v = sample();
-        let t = table(&v, "254:3", "254:3").unwrap();
+        let t = table(&v, OnCorruption::Eio, "254:3", "254:3").unwrap();
         assert_eq!(
             t.to_string(),
             "0 8320000 verity 1 254:3 254:3 4096 4096 1040000 1040001 sha256 \
              000102030405060708090a0b0c0d0e0f101112131415161718191a1b1c1d1e1f abababab"
         );
         v.salt.clear();
-        v.on_corruption = OnCorruption::Restart;
-        let t = table(&v, "8:3", "8:4").unwrap();
+        let t = table(&v, OnCorruption::Restart, "8:3", "8:4").unwrap();
         assert!(t.params.starts_with("1 8:3 8:4 "), "{t}");
         assert!(t.params.ends_with("1e1f - 1 restart_on_corruption"), "{t}");
-        v.on_corruption = OnCorruption::Panic;
-        assert!(table(&v, "8:3", "8:4").unwrap().params.ends_with(" 1 panic_on_corruption"));
+        let t = table(&v, OnCorruption::Panic, "8:3", "8:4").unwrap();
+        assert!(t.params.ends_with("1e1f - 1 panic_on_corruption"), "{t}");
         v.data_blocks = u64::MAX;
-        assert!(table(&v, "8:3", "8:3").is_err());
+        assert!(table(&v, OnCorruption::Eio, "8:3", "8:3").is_err());
     }
 
     fn superblock(v: &VerityParams) -> [u8; 512] {
