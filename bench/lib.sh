@@ -108,7 +108,8 @@ print_pair() {
     printf '%s\n' "$1"
     printf '  %-40s %s\n' "$2" "$(describe "$ref_wall" "$ref_cpu" "$ref_rss")"
     printf '  %-40s %s\n' "$3" "$(describe "$abf_wall" "$abf_cpu" "$abf_rss")"
-    printf '  speed-up %.2fx (best wall clock of %d runs each)\n' "$ratio" "$RUNS"
+    printf '  speed-up %.2fx (best wall clock of %d runs each); CPU time ratio %.2fx\n' "$ratio" "$RUNS" \
+        "$(calc "$ref_cpu / ($abf_cpu > 0 ? $abf_cpu : 0.001)")"
 }
 
 # result MEASURE ABFORGE REFERENCE RESULT TARGET MET: one row of the summary table.
