@@ -128,6 +128,6 @@ allocated() { echo $(($(stat -c %b "$1") * $(stat -c %B "$1"))); }
 warm() {
     local p
     for p in "$@"; do
-        if [ -d "$p" ]; then tar -C "$p" -cf - . | cat >/dev/null; else cat "$p" >/dev/null; fi
+        if [ -d "$p" ]; then { tar -C "$p" -cf - . 2>/dev/null || true; } | cat >/dev/null; else cat "$p" >/dev/null; fi
     done
 }
