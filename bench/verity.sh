@@ -98,4 +98,5 @@ printf '(c) SHA-256 limit: openssl speed %.0f MiB/s x %d cores = %.0f MiB/s (ope
     "$(calc "$one_core / $mib")" "$cores" "$(calc "$limit / $mib")" "$cores" "$(calc "$multi / $mib")"
 printf '    abforge on (a) %.0f MiB/s = %.0f%% of the limit\n' "$(calc "$ours / $mib")" "$share"
 result "verity (c) throughput vs SHA-256 limit" "$(fmt %.0f "$(calc "$ours / $mib")") MiB/s" \
-    "openssl $(fmt %.0f "$(calc "$one_core / $mib")") MiB/s x$cores" "$(fmt %.0f "$share")%" ">= 80%" "$(at_least "$share" 80)"
+    "openssl $(fmt %.0f "$(calc "$one_core / $mib")") MiB/s x$cores (-multi $(fmt %.0f "$(calc "$multi / $mib")"))" \
+    "$(fmt %.0f "$share")%" ">= 80%" "$(at_least "$share" 80)"
