@@ -21,7 +21,9 @@ lint:
 	$(CARGO) fmt --all -- --check
 	$(CARGO) clippy --workspace --all-targets -- -D warnings
 
-# Side-by-side timings of abforge and the standard tools on the same inputs, with ratios.
+# Side-by-side timings of abforge and the standard tools on the same inputs (bench/run.sh),
+# ending with one table of every ratio against its target. RUNS=N runs per side (default 3);
+# uses $(CARGO_TARGET_DIR)/release/abforge when CARGO_TARGET_DIR is set.
 bench: build test-deps
 	bash bench/run.sh
 
