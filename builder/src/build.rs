@@ -460,7 +460,10 @@ fn write_gpt(plan: &Plan, file: &File) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Size and digests of a written image (see [`ImageReport`]).
+/// Size and digests of a written image (see [`ImageReport`]). With
+/// `whole_file_digest` (compact containers) the file is read once, in order, for
+/// both digests; otherwise only its data extents are read (a raw image's holes
+/// would take hours to hash).
 fn describe_image(
     file: &File,
     name: &str,
@@ -475,16 +478,23 @@ fn describe_image(
     let mut whole = whole_file_digest.then(Sha256::new);
     let mut stored = 0u64;
     let mut buf = vec![0u8; 1 << 20];
+    let ranges: Vec<std::ops::Range<u64>> = if whole_file_digest {
+        std::iter::once(0..len).collect()
+    } else {
+        file_data_ranges(file, 0..len)?
+    };
     let mut hashed_to = 0u64;
-    for range in file_data_ranges(file, 0..len)? {
-        let start = range.start / BLOCK * BLOCK;
-        let mut offset = start.max(hashed_to);
+    for range in ranges {
+        let mut offset = (range.start / BLOCK * BLOCK).max(hashed_to);
         while offset < range.end {
             let n = usize::try_from((range.end.div_ceil(BLOCK) * BLOCK).min(len) - offset)
                 .unwrap_or(usize::MAX)
                 .min(buf.len());
             let chunk = &mut buf[..n];
             file.read_exact_at(chunk, offset).map_err(|e| read_error(e, offset))?;
+            if let Some(whole) = whole.as_mut() {
+                whole.update(&*chunk);
+            }
             for (i, block) in chunk.chunks(BLOCK_BYTES).enumerate() {
                 if !is_zero(block) {
                     data.update((offset + i as u64 * BLOCK).to_le_bytes());
@@ -496,14 +506,7 @@ fn describe_image(
         }
         hashed_to = offset;
     }
-    if let Some(whole) = whole.as_mut() {
-        let mut offset = 0;
-        while offset < len {
-            let n = usize::try_from(len - offset).unwrap_or(usize::MAX).min(buf.len());
-            file.read_exact_at(&mut buf[..n], offset).map_err(|e| read_error(e, offset))?;
-            whole.update(&buf[..n]);
-            offset += n as u64;
-        }
+    if whole_file_digest {
         stored = len;
     }
     Ok(ImageReport {

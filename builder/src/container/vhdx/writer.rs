@@ -245,6 +245,35 @@ fn copy_payload(
             let mut window_end = 0u64;
             let mut ranges: Vec<std::ops::Range<u64>> = Vec::new();
             for block in 0..geometry.data_blocks {
+                // A block with no data at all goes as one message, not one per
+                // piece: a 2 TiB disk that is mostly holes costs a message per block.
+                let block_start = block * block_size;
+                let block_end = block_start.saturating_add(block_size).min(virtual_size);
+                if block_start < virtual_size
+                    && (block_start >= window_end || block_end > window_end)
+                {
+                    window_end = block_start.saturating_add(WINDOW).min(virtual_size);
+                    match source.data_ranges(block_start..window_end) {
+                        Ok(found) => ranges = found,
+                        Err(err) => {
+                            let _ = full_tx.send(Err(err));
+                            return;
+                        }
+                    }
+                }
+                let first = ranges.partition_point(|r| r.end <= block_start);
+                let block_has_data = block_start < virtual_size
+                    && ranges.get(first).is_some_and(|r| r.start < block_end);
+                if !block_has_data {
+                    let Ok(buf) = free_rx.recv() else { return };
+                    // The last piece of the block, empty: the receiver marks it ZERO.
+                    let message =
+                        Ok(Piece { block, within: block_size - piece, buf, non_zero: false });
+                    if full_tx.send(message).is_err() {
+                        return;
+                    }
+                    continue;
+                }
                 let mut within = 0;
                 while within < block_size {
                     let start = block * block_size + within;
