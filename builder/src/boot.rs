@@ -27,6 +27,7 @@ use abforge_kernels::modules::{
 use abforge_partitions::tree::{Content, FileTree, Metadata, Node, NodeKind, Timestamp};
 use serde::Deserialize;
 
+use crate::build::parse_hex;
 use crate::manifest::{ManifestError, SourceLocation, Spanned, location_of};
 use crate::plan::{Contents, Plan, PlannedPartition};
 use crate::profile::resolve_in_tree;
@@ -403,12 +404,6 @@ fn slot_root<'a>(plan: &'a Plan, boot: &PlannedPartition) -> Option<&'a PlannedP
     plan.partitions.iter().find(|p| p.slot == boot.slot && p.contents == Some(Contents::Rootfs))
 }
 
-fn hex_bytes(text: &str) -> Vec<u8> {
-    (0..text.len() / 2)
-        .filter_map(|i| u8::from_str_radix(&text[2 * i..2 * i + 2], 16).ok())
-        .collect()
-}
-
 impl BootPayload {
     /// The slot's `grub.cfg`: kernel, initrd and command line (with the root hash).
     fn slot_config(
@@ -426,8 +421,8 @@ impl BootPayload {
         })?;
         let mut params = InitParams::new(slot.clone(), DeviceRef::PartUuid(root.uuid));
         params.verity = verity.map(|v| VerityParams {
-            root_hash: hex_bytes(&v.root_hash),
-            salt: hex_bytes(&v.salt),
+            root_hash: parse_hex(&v.root_hash).unwrap_or_default(),
+            salt: parse_hex(&v.salt).unwrap_or_default(),
             hash_device: v
                 .hash_partition
                 .as_ref()

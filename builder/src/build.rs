@@ -175,12 +175,9 @@ fn produce_partitions<'a>(
 /// Discoverable Partitions Specification: data partition = first half, hash
 /// partition = second half, as written, with no version bits forced).
 fn guid_from_hex_half(hash: &str, start: usize) -> anyhow::Result<abforge_partitions::Guid> {
-    let bytes: Vec<u8> = (start..start + 16)
-        .map(|i| hash.get(2 * i..2 * i + 2).and_then(|b| u8::from_str_radix(b, 16).ok()))
-        .collect::<Option<_>>()
+    let array: [u8; 16] = parse_hex(hash)
+        .and_then(|bytes| bytes.get(start..start + 16)?.try_into().ok())
         .with_context(|| format!("root hash {hash} is too short for a partition UUID"))?;
-    let mut array = [0u8; 16];
-    array.copy_from_slice(&bytes);
     Ok(abforge_partitions::Guid::from_rfc_bytes(array))
 }
 
@@ -520,6 +517,14 @@ fn describe_image(
 
 fn read_error(err: io::Error, offset: u64) -> anyhow::Error {
     anyhow::Error::new(err).context(format!("reading back the image at byte {offset}"))
+}
+
+/// The bytes of a hex string; `None` if it is not whole pairs of hex digits.
+pub fn parse_hex(text: &str) -> Option<Vec<u8>> {
+    if text.len() % 2 != 0 {
+        return None;
+    }
+    (0..text.len()).step_by(2).map(|i| u8::from_str_radix(text.get(i..i + 2)?, 16).ok()).collect()
 }
 
 /// Lower-case hex.

@@ -14,7 +14,7 @@ use std::sync::Arc;
 use crate::profile::inspect::{ProfileReport, RootReader, describe_profile};
 use serde::Serialize;
 
-use crate::container::{DiskSource, detect_format, open_image};
+use crate::container::{DiskSource, open_image_with_format};
 use crate::manifest::Size;
 
 /// Lets the partition readers read through any container.
@@ -207,12 +207,8 @@ impl FoundFilesystem {
 
 /// Reads the GPT of `path` and probes every partition.
 pub fn inspect_image(path: &Path) -> anyhow::Result<Inspection> {
-    let format = {
-        let file =
-            std::fs::File::open(path).with_context(|| format!("cannot open {}", path.display()))?;
-        detect_format(&file).with_context(|| format!("cannot read {}", path.display()))?
-    };
-    let disk: Arc<dyn DiskSource> = Arc::from(open_image(path)?);
+    let (format, disk) = open_image_with_format(path)?;
+    let disk: Arc<dyn DiskSource> = Arc::from(disk);
     let reader = DiskReader(disk.as_ref());
     let layout = gpt::read_gpt(&reader, disk.size())
         .with_context(|| format!("{} has no readable GPT", path.display()))?;

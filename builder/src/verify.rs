@@ -11,7 +11,7 @@ use abforge_partitions::gpt::{GptCopy, PartitionEntry, ReadAt, read_gpt_report};
 use abforge_verity::VerityParams;
 use anyhow::{Context as _, anyhow, bail};
 
-use crate::container::{ContainerFormat, DiskSource, detect_format, open_image};
+use crate::container::{ContainerFormat, DiskSource, open_image_with_format};
 use crate::error::UsageError;
 use crate::inspect::DiskReader;
 
@@ -76,11 +76,7 @@ pub type Findings = Vec<String>;
 /// Verifies `image`; every failure is an error naming what failed.
 pub fn verify_image(image: &Path, expectations: &Expectations) -> anyhow::Result<Findings> {
     let mut findings = Vec::new();
-    let format = {
-        let file = File::open(image).with_context(|| format!("cannot open {}", image.display()))?;
-        detect_format(&file).with_context(|| format!("cannot read {}", image.display()))?
-    };
-    let disk = open_image(image)?;
+    let (format, disk) = open_image_with_format(image)?;
     let reader = DiskReader(disk.as_ref());
     let gpt = read_gpt_report(&reader, disk.size())
         .with_context(|| format!("{} has no readable GPT", image.display()))?;
@@ -171,7 +167,7 @@ fn verify_partition(
     expected_tree: &Expected<'_>,
 ) -> anyhow::Result<()> {
     let (hash_offset, root_hash) = (expected_tree.hash_offset, expected_tree.root_hash);
-    let expected = parse_hex(root_hash)
+    let expected = crate::build::parse_hex(root_hash)
         .ok_or_else(|| UsageError::new(format!("root hash '{root_hash}' is not hex")))?;
     let (file, base) = partition_file(image, format, disk, entry)?;
     let separate = !std::ptr::eq(entry, hash_entry);
@@ -242,11 +238,4 @@ fn extract(disk: &dyn DiskSource, offset: u64, len: u64) -> anyhow::Result<File>
         }
     }
     Ok(file)
-}
-
-fn parse_hex(text: &str) -> Option<Vec<u8>> {
-    if text.len() % 2 != 0 {
-        return None;
-    }
-    (0..text.len()).step_by(2).map(|i| u8::from_str_radix(text.get(i..i + 2)?, 16).ok()).collect()
 }

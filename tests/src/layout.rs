@@ -46,17 +46,6 @@ pub fn bootx64_bytes() -> Vec<u8> {
     (0..300_000u32).map(|i| (i.wrapping_mul(2_654_435_761) >> 24) as u8).collect()
 }
 
-/// Copies `len` bytes at `offset` of `image` into a new file (for tools that do
-/// not take an offset).
-pub fn extract(image: &Path, offset: u64, len: u64, to: &Path) {
-    use std::io::{Read, Seek, SeekFrom, Write};
-    let mut input = fs::File::open(image).unwrap();
-    input.seek(SeekFrom::Start(offset)).unwrap();
-    let mut output = fs::File::create(to).unwrap();
-    std::io::copy(&mut Read::by_ref(&mut input).take(len), &mut output).unwrap();
-    output.flush().unwrap();
-}
-
 /// Bytes allocated on disk for a file (st_blocks × 512), as `du` reports.
 pub fn allocated_bytes(path: &Path) -> u64 {
     use std::os::unix::fs::MetadataExt;
@@ -138,4 +127,22 @@ pub fn report_partition<'a>(report: &'a serde_json::Value, name: &str) -> &'a se
         .iter()
         .find(|p| p["name"] == name)
         .unwrap_or_else(|| panic!("no partition {name} in the report"))
+}
+
+/// Runs `abforge build MANIFEST -o OUT --quiet` with `extra` arguments and returns
+/// the build report `OUT/<name>.json`.
+pub fn build_report(manifest: &Path, out: &Path, name: &str, extra: &[&str]) -> serde_json::Value {
+    let mut args: Vec<&std::ffi::OsStr> = vec![
+        "build".as_ref(),
+        manifest.as_os_str(),
+        "-o".as_ref(),
+        out.as_os_str(),
+        "--quiet".as_ref(),
+    ];
+    args.extend(extra.iter().map(|a| std::ffi::OsStr::new(*a)));
+    crate::run_ok(&mut crate::abforge(args));
+    let path = out.join(format!("{name}.json"));
+    let text =
+        fs::read_to_string(&path).unwrap_or_else(|e| panic!("cannot read {}: {e}", path.display()));
+    serde_json::from_str(&text).expect("the build report is JSON")
 }

@@ -7,7 +7,7 @@ use std::fs;
 use std::io::Read;
 use std::path::{Path, PathBuf};
 
-use abforge_tests::layout::{extract_sparse, report_partition};
+use abforge_tests::layout::{build_report, extract_sparse, report_partition};
 use abforge_tests::{abforge, repo_root, run, run_ok, run_tool, scratch};
 use ext4_view::Ext4;
 use serde_json::Value;
@@ -79,14 +79,7 @@ boot:
 }
 
 fn build(manifest: &Path, out: &Path) -> Value {
-    run_ok(&mut abforge([
-        "build".as_ref(),
-        manifest.as_os_str(),
-        "-o".as_ref(),
-        out.as_os_str(),
-        "--quiet".as_ref(),
-    ]));
-    serde_json::from_str(&fs::read_to_string(out.join("bootable.json")).unwrap()).unwrap()
+    build_report(manifest, out, "bootable", &[])
 }
 
 #[test]

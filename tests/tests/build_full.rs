@@ -6,7 +6,7 @@ use std::fs;
 use std::path::{Path, PathBuf};
 
 use abforge_tests::layout::{
-    extract_sparse, nonzero_blocks, report_partition, same_sparse_content,
+    build_report, extract_sparse, nonzero_blocks, report_partition, same_sparse_content,
 };
 use abforge_tests::{abforge, repo_root, run, run_ok, run_tool, scratch};
 use serde_json::Value;
@@ -16,16 +16,7 @@ fn eflow_manifest() -> PathBuf {
 }
 
 fn build(format: &str, out: &Path) -> Value {
-    run_ok(&mut abforge([
-        "build".as_ref(),
-        eflow_manifest().as_os_str(),
-        "-o".as_ref(),
-        out.as_os_str(),
-        "--format".as_ref(),
-        format.as_ref(),
-        "--quiet".as_ref(),
-    ]));
-    serde_json::from_str(&fs::read_to_string(out.join("eflow.json")).unwrap()).unwrap()
+    build_report(&eflow_manifest(), out, "eflow", &["--format", format])
 }
 
 fn image(out: &Path, ext: &str) -> PathBuf {

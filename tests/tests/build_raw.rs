@@ -6,22 +6,14 @@ use std::path::Path;
 use std::process::Command;
 
 use abforge_tests::layout::{
-    EFLOW_RAW, allocated_bytes, bootx64_bytes, extract, nonzero_blocks, same_sparse_content,
-    write_eflow_project,
+    EFLOW_RAW, allocated_bytes, bootx64_bytes, build_report, extract_sparse, nonzero_blocks,
+    same_sparse_content, write_eflow_project,
 };
 use abforge_tests::{abforge, run, run_ok, run_tool, scratch, tool};
 use serde_json::Value;
 
 fn build(manifest: &Path, out: &Path) -> Value {
-    run_ok(&mut abforge([
-        "build".as_ref(),
-        manifest.as_os_str(),
-        "-o".as_ref(),
-        out.as_os_str(),
-        "--quiet".as_ref(),
-    ]));
-    let report = fs::read_to_string(out.join("eflow.json")).unwrap();
-    serde_json::from_str(&report).unwrap()
+    build_report(manifest, out, "eflow", &[])
 }
 
 /// Expected (name, type GUID, read-only) in GPT order.
@@ -106,7 +98,7 @@ fn eflow_esps_pass_fsck_and_list_their_files() {
         let offset = partition["offset"].as_u64().unwrap();
         let size = partition["size"].as_u64().unwrap();
         let esp = dir.path().join(format!("esp{index}.img"));
-        extract(&image, offset, size, &esp);
+        extract_sparse(&image, offset, size, &esp);
         run_tool("fsck.vfat", ["-n".as_ref(), esp.as_os_str()]);
         let at = format!("{}@@{offset}", image.display());
         let listing = run_tool("mdir", ["-i", at.as_str(), "-b", "::/EFI/BOOT"]);

@@ -4,7 +4,7 @@
 use std::fs;
 use std::path::{Path, PathBuf};
 
-use abforge_tests::layout::{extract_sparse, report_partition};
+use abforge_tests::layout::{build_report, extract_sparse, report_partition};
 use abforge_tests::{abforge, repo_root, run, run_ok, run_tool, scratch};
 use serde_json::Value;
 
@@ -27,14 +27,7 @@ fn manifest(dir: &Path, verity_size: &str, populate: Option<&str>) -> PathBuf {
 }
 
 fn build(manifest: &Path, out: &Path) -> Value {
-    run_ok(&mut abforge([
-        "build".as_ref(),
-        manifest.as_os_str(),
-        "-o".as_ref(),
-        out.as_os_str(),
-        "--quiet".as_ref(),
-    ]));
-    serde_json::from_str(&fs::read_to_string(out.join("eflow.json")).unwrap()).unwrap()
+    build_report(manifest, out, "eflow", &[])
 }
 
 /// The UUID text of 16 bytes of a hex string starting at hex digit `start`.

@@ -45,7 +45,7 @@ fn grub_editenv_list(image: &Path, dir: &Path) -> String {
 fn assert_esps_clean(image: &Path, dir: &Path) {
     for (n, offset) in esp_offsets().into_iter().enumerate() {
         let esp = dir.join(format!("esp{n}.img"));
-        abforge_tests::layout::extract(image, offset, ESP_SIZE, &esp);
+        abforge_tests::layout::extract_sparse(image, offset, ESP_SIZE, &esp);
         let out =
             run(Command::new(abforge_tests::tool("fsck.vfat"))
                 .args(["-n".as_ref(), esp.as_os_str()]));
@@ -132,7 +132,7 @@ fn set_next_boots_once_and_commit_makes_it_default_on_raw() {
     // Boot 1 as the selector does it: `save_env abforge_tried` (here grub-editenv on
     // the file, put back over the same sectors, as save_env writes them).
     let copy = dir.path().join("grubenv.boot");
-    abforge_tests::layout::extract(&image, envblk[0].0, 1024, &copy);
+    abforge_tests::layout::extract_sparse(&image, envblk[0].0, 1024, &copy);
     assert_eq!(envblk, vec![(envblk[0].0, envblk[0].0 + 1024)], "one contiguous cluster run");
     run_tool("grub-editenv", [copy.as_os_str(), "set".as_ref(), "abforge_tried=b".as_ref()]);
     write_at(&image, envblk[0].0, &std::fs::read(&copy).unwrap());

@@ -87,9 +87,16 @@ impl fmt::Display for ContainerFormat {
 /// (`vhdxfile`), fixed VHD by its footer cookie (`conectix` in the last 512
 /// bytes), anything else as a raw disk.
 pub fn open_image(path: &Path) -> anyhow::Result<Box<dyn DiskSource>> {
+    Ok(open_image_with_format(path)?.1)
+}
+
+/// [`open_image`], also saying which format it found.
+pub fn open_image_with_format(
+    path: &Path,
+) -> anyhow::Result<(ContainerFormat, Box<dyn DiskSource>)> {
     let file = File::open(path).with_context(|| format!("cannot open {}", path.display()))?;
     let format = detect_format(&file).with_context(|| format!("cannot read {}", path.display()))?;
-    Ok(match format {
+    let disk: Box<dyn DiskSource> = match format {
         ContainerFormat::Vhdx => Box::new(
             vhdx::VhdxReader::open(file)
                 .with_context(|| format!("{} is not a usable VHDX file", path.display()))?,
@@ -101,7 +108,8 @@ pub fn open_image(path: &Path) -> anyhow::Result<Box<dyn DiskSource>> {
         ContainerFormat::Raw => Box::new(
             RawFile::open(file).with_context(|| format!("cannot read {}", path.display()))?,
         ),
-    })
+    };
+    Ok((format, disk))
 }
 
 /// The format of an image file, from its signatures.
