@@ -7,6 +7,7 @@ use std::borrow::Cow;
 use std::collections::BTreeMap;
 use std::fs::{self, File};
 use std::io;
+use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
@@ -21,11 +22,10 @@ use rayon::prelude::*;
 use sha2::{Digest, Sha256};
 
 use crate::container::source::file_data_ranges;
-use crate::container::vhd::{VhdOptions, vhd_timestamp};
-use crate::container::vhdx::VhdxOptions;
-use crate::container::{
-    ComposedDisk, ContainerFormat, Segment, is_zero, write_atomically, write_container,
-};
+use crate::container::vhd::{VhdOptions, append_fixed_footer, vhd_timestamp};
+use crate::container::vhdx::direct::{Compaction, DirectVhdx, FileObserver};
+use crate::container::vhdx::{VhdxOptions, write_vhdx};
+use crate::container::{ComposedDisk, Segment, is_zero, write_atomically};
 use crate::inputs::Inputs;
 use crate::manifest::{FilesystemKind, ImageFormat, VerityMode};
 use crate::plan::{Contents, Plan, PlannedPartition, verity_geometry};
@@ -49,8 +49,21 @@ pub struct BuildOutput {
     pub report: Report,
 }
 
+/// What a build does beyond the manifest.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct BuildOptions {
+    /// Hash every byte of the image file into the report's `image.sha256` (one
+    /// more pass over the file, its zeros included).
+    pub image_sha256: bool,
+}
+
 /// Builds the image of `plan` into `out_dir`.
-pub fn build(plan: &Plan, inputs: &Inputs, out_dir: &Path) -> anyhow::Result<BuildOutput> {
+pub fn build(
+    plan: &Plan,
+    inputs: &Inputs,
+    out_dir: &Path,
+    options: BuildOptions,
+) -> anyhow::Result<BuildOutput> {
     fs::create_dir_all(out_dir)
         .with_context(|| format!("cannot create output directory {}", out_dir.display()))?;
     let image_name = format!("{}.{}", plan.name, plan.format.extension());
@@ -58,39 +71,40 @@ pub fn build(plan: &Plan, inputs: &Inputs, out_dir: &Path) -> anyhow::Result<Bui
     let report_path = out_dir.join(format!("{}.json", plan.name));
 
     let (produced, image_report, plan) = match plan.format {
-        ImageFormat::Raw => write_atomically(&image, |file| {
-            file.set_len(plan.disk_size).with_context(|| {
-                format!("cannot size {} to {} bytes", image.display(), plan.disk_size)
-            })?;
-            let (produced, plan) =
-                produce_partitions(plan, inputs, &|p| FileRegion::new(file, p.offset, p.size))?;
-            write_gpt(&plan, file)?;
-            let image_report = describe_image(file, &image_name, plan.disk_size, false)?;
+        ImageFormat::Raw | ImageFormat::Vhd => write_atomically(&image, |file| {
+            let (produced, plan) = produce_in_place(plan, inputs, file, 0, plan.disk_size)?;
+            if plan.format == ImageFormat::Vhd {
+                append_fixed_footer(file, plan.disk_size, &vhd_options(&plan))
+                    .with_context(|| format!("writing the VHD footer of {}", image.display()))?;
+            }
+            let image_report =
+                describe_image(file, &image_name, plan.disk_size, options.image_sha256)?;
             Ok((produced, image_report, plan))
         })?,
-        ImageFormat::Vhdx | ImageFormat::Vhd => {
-            let staged = stage_partitions(plan, out_dir)?;
-            let (produced, plan) = produce_partitions(plan, inputs, &|p| {
-                let file = &staged[&p.index];
-                FileRegion::new(file.as_ref(), 0, p.size)
-            })?;
-            let plan = &plan;
-            let disk = compose_disk(plan, &staged)?;
-            let whole_file_digest = plan.format == ImageFormat::Vhdx;
-            write_atomically(&image, |file| {
-                write_container(
-                    container_format(plan.format),
-                    &disk,
-                    file,
-                    &vhdx_options(plan),
-                    &vhd_options(plan),
-                )
-                .with_context(|| format!("writing {}", image.display()))?;
-                let image_report =
-                    describe_image(file, &image_name, plan.disk_size, whole_file_digest)?;
-                Ok((produced, image_report, plan.clone()))
-            })?
-        }
+        ImageFormat::Vhdx => write_atomically(&image, |file| {
+            let vhdx = match DirectVhdx::create(file, plan.disk_size, &vhdx_options(plan)) {
+                Ok(vhdx) => vhdx,
+                // The file system cannot hold the one-to-one map of the disk (ext4
+                // stops at 16 TiB): stream the partitions in from scratch files.
+                Err(err) if err.raw_os_error() == Some(rustix::io::Errno::FBIG.raw_os_error()) => {
+                    file.set_len(0).with_context(|| format!("truncating {}", image.display()))?;
+                    return build_vhdx_staged(plan, inputs, out_dir, file, &image_name, options);
+                }
+                Err(err) => {
+                    return Err(
+                        anyhow::Error::new(err).context(format!("preparing {}", image.display()))
+                    );
+                }
+            };
+            let (produced, plan) =
+                produce_in_place(plan, inputs, file, vhdx.disk_offset(), plan.disk_size)?;
+            let mut digests = ImageDigests::new(options.image_sha256);
+            let summary = vhdx
+                .finish(&mut digests, Compaction::Auto)
+                .with_context(|| format!("finishing {}", image.display()))?;
+            let image_report = digests.report(&image_name, plan.disk_size, summary.file_size);
+            Ok((produced, image_report, plan))
+        })?,
     };
 
     let mut report = Report::from_plan(&plan, image_report);
@@ -356,6 +370,55 @@ fn ext4_label(label: &str) -> String {
     out
 }
 
+/// Produces every partition and the GPT into `file`, the disk starting at
+/// `disk_offset` (a raw or VHD image: 0; a VHDX built in place: its payload map).
+fn produce_in_place(
+    plan: &Plan,
+    inputs: &Inputs,
+    file: &File,
+    disk_offset: u64,
+    disk_size: u64,
+) -> anyhow::Result<(Vec<Produced>, Plan)> {
+    let map_end = disk_offset.checked_add(disk_size).context("disk too large")?;
+    if file.metadata()?.len() < map_end {
+        file.set_len(map_end)
+            .with_context(|| format!("cannot size the image to {map_end} bytes"))?;
+    }
+    let (produced, plan) = produce_partitions(plan, inputs, &|p| {
+        FileRegion::new(file, disk_offset + p.offset, p.size)
+    })?;
+    let layout = gpt_layout(&plan);
+    let primary = layout.primary_bytes().context("building the partition table")?;
+    let backup = layout.backup_bytes().context("building the backup partition table")?;
+    file.write_all_at(&primary, disk_offset).context("writing the partition table")?;
+    file.write_all_at(&backup, disk_offset + layout.backup_offset())
+        .context("writing the backup partition table")?;
+    Ok((produced, plan))
+}
+
+/// The VHDX build for disks the file system cannot map one to one: partitions
+/// are produced into sparse scratch files and streamed into `file`.
+fn build_vhdx_staged(
+    plan: &Plan,
+    inputs: &Inputs,
+    out_dir: &Path,
+    file: &File,
+    image_name: &str,
+    options: BuildOptions,
+) -> anyhow::Result<(Vec<Produced>, ImageReport, Plan)> {
+    let staged = stage_partitions(plan, out_dir)?;
+    let (produced, plan) = produce_partitions(plan, inputs, &|p| {
+        let file = &staged[&p.index];
+        FileRegion::new(file.as_ref(), 0, p.size)
+    })?;
+    let disk = compose_disk(&plan, &staged)?;
+    let summary = write_vhdx(&disk, file, &vhdx_options(&plan))
+        .with_context(|| format!("writing {image_name}"))?;
+    let mut report = describe_image(file, image_name, plan.disk_size, options.image_sha256)?;
+    report.stored_bytes = summary.file_size;
+    Ok((produced, report, plan))
+}
+
 /// One unlinked, sparse scratch file per partition, in the output directory (so
 /// no data crosses file systems and nothing is left behind if the build dies).
 /// Holes cost nothing: a 2 TiB partition file holds only what is written to it.
@@ -393,14 +456,6 @@ fn compose_disk(plan: &Plan, staged: &BTreeMap<u32, Arc<File>>) -> anyhow::Resul
         layout.backup_bytes().context("building the backup partition table")?,
     ));
     ComposedDisk::new(plan.disk_size, segments)
-}
-
-fn container_format(format: ImageFormat) -> ContainerFormat {
-    match format {
-        ImageFormat::Vhdx => ContainerFormat::Vhdx,
-        ImageFormat::Vhd => ContainerFormat::Vhd,
-        ImageFormat::Raw => ContainerFormat::Raw,
-    }
 }
 
 /// VHDX identities from the seed: the same manifest gives the same file.
@@ -451,68 +506,159 @@ pub fn gpt_layout(plan: &Plan) -> GptLayout {
     }
 }
 
-fn write_gpt(plan: &Plan, file: &File) -> anyhow::Result<()> {
-    let layout = gpt_layout(plan);
-    layout.write_to(file).context("writing the partition table")?;
-    Ok(())
+/// The digests of a finished image file, fed its bytes in order: `sha256` of
+/// every byte when asked for (containers), and `data_sha256` of each non-zero
+/// 4 KiB block preceded by its offset (see [`ImageReport`]).
+struct ImageDigests {
+    whole: Option<Sha256>,
+    data: Sha256,
+    /// The 4 KiB block being filled and the file offset it starts at.
+    block: Vec<u8>,
+    block_offset: u64,
 }
 
-/// Size and digests of a written image (see [`ImageReport`]). With
-/// `whole_file_digest` (compact containers) the file is read once, in order, for
-/// both digests; otherwise only its data extents are read (a raw image's holes
-/// would take hours to hash).
+const DIGEST_BLOCK: usize = 4096;
+
+impl ImageDigests {
+    fn new(whole_file: bool) -> ImageDigests {
+        ImageDigests {
+            whole: whole_file.then(Sha256::new),
+            data: Sha256::new(),
+            block: Vec::with_capacity(DIGEST_BLOCK),
+            block_offset: 0,
+        }
+    }
+
+    fn flush_block(&mut self) {
+        if !is_zero(&self.block) {
+            self.data.update(self.block_offset.to_le_bytes());
+            self.data.update(&self.block);
+        }
+        self.block_offset += self.block.len() as u64;
+        self.block.clear();
+    }
+
+    fn report(mut self, name: &str, virtual_size: u64, stored_bytes: u64) -> ImageReport {
+        if !self.block.is_empty() {
+            self.flush_block();
+        }
+        ImageReport {
+            path: name.to_string(),
+            sha256: self.whole.map(|h| hex(&h.finalize())),
+            data_sha256: hex(&self.data.finalize()),
+            virtual_size,
+            stored_bytes,
+        }
+    }
+}
+
+impl FileObserver for ImageDigests {
+    fn data(&mut self, offset: u64, mut bytes: &[u8]) {
+        debug_assert_eq!(offset, self.block_offset + self.block.len() as u64);
+        if let Some(whole) = self.whole.as_mut() {
+            whole.update(bytes);
+        }
+        while !bytes.is_empty() {
+            if self.block.is_empty() && bytes.len() >= DIGEST_BLOCK {
+                // Whole blocks straight from the caller's buffer.
+                let (block, rest) = bytes.split_at(DIGEST_BLOCK);
+                if !is_zero(block) {
+                    self.data.update(self.block_offset.to_le_bytes());
+                    self.data.update(block);
+                }
+                self.block_offset += DIGEST_BLOCK as u64;
+                bytes = rest;
+                continue;
+            }
+            let take = (DIGEST_BLOCK - self.block.len()).min(bytes.len());
+            self.block.extend_from_slice(&bytes[..take]);
+            bytes = &bytes[take..];
+            if self.block.len() == DIGEST_BLOCK {
+                self.flush_block();
+            }
+        }
+    }
+
+    fn zeros(&mut self, offset: u64, mut len: u64) {
+        debug_assert_eq!(offset, self.block_offset + self.block.len() as u64);
+        if let Some(whole) = self.whole.as_mut() {
+            let zeros = [0u8; 64 << 10];
+            let mut left = len;
+            while left > 0 {
+                let n = left.min(zeros.len() as u64);
+                // n <= 64 KiB.
+                whole.update(&zeros[..crate::container::idx(n)]);
+                left -= n;
+            }
+        }
+        if !self.block.is_empty() {
+            let take =
+                (DIGEST_BLOCK - self.block.len()).min(usize::try_from(len).unwrap_or(usize::MAX));
+            self.block.resize(self.block.len() + take, 0);
+            len -= take as u64;
+            if self.block.len() < DIGEST_BLOCK {
+                return;
+            }
+            self.flush_block();
+        }
+        // Whole zero blocks are not part of the data digest.
+        let whole_blocks = len / DIGEST_BLOCK as u64 * DIGEST_BLOCK as u64;
+        self.block_offset += whole_blocks;
+        let rest = len - whole_blocks;
+        // rest < 4 KiB.
+        self.block.resize(crate::container::idx(rest), 0);
+    }
+}
+
+/// Size and digests of an image file read back (see [`ImageReport`]). Only its
+/// data extents are read unless `whole_file` asks for `sha256`: a raw image's
+/// holes would take hours to hash.
 fn describe_image(
     file: &File,
     name: &str,
     virtual_size: u64,
-    whole_file_digest: bool,
+    whole_file: bool,
 ) -> anyhow::Result<ImageReport> {
-    use std::os::unix::fs::FileExt;
-    const BLOCK: u64 = 4096;
-    const BLOCK_BYTES: usize = 4096;
     let len = file.metadata()?.len();
-    let mut data = Sha256::new();
-    let mut whole = whole_file_digest.then(Sha256::new);
+    let mut digests = ImageDigests::new(whole_file);
     let mut stored = 0u64;
     let mut buf = vec![0u8; 1 << 20];
-    let ranges: Vec<std::ops::Range<u64>> = if whole_file_digest {
+    let block = DIGEST_BLOCK as u64;
+    let ranges = if whole_file {
         std::iter::once(0..len).collect()
     } else {
         file_data_ranges(file, 0..len)?
     };
     let mut hashed_to = 0u64;
     for range in ranges {
-        let mut offset = (range.start / BLOCK * BLOCK).max(hashed_to);
-        while offset < range.end {
-            let n = usize::try_from((range.end.div_ceil(BLOCK) * BLOCK).min(len) - offset)
-                .unwrap_or(usize::MAX)
-                .min(buf.len());
+        // Whole 4 KiB blocks around the extent, not hashed twice.
+        let start = (range.start / block * block).max(hashed_to);
+        let end = range.end.div_ceil(block).saturating_mul(block).min(len);
+        if start >= end {
+            continue;
+        }
+        if start > hashed_to {
+            digests.zeros(hashed_to, start - hashed_to);
+        }
+        let mut offset = start;
+        while offset < end {
+            let n = usize::try_from(end - offset).unwrap_or(usize::MAX).min(buf.len());
             let chunk = &mut buf[..n];
             file.read_exact_at(chunk, offset).map_err(|e| read_error(e, offset))?;
-            if let Some(whole) = whole.as_mut() {
-                whole.update(&*chunk);
-            }
-            for (i, block) in chunk.chunks(BLOCK_BYTES).enumerate() {
-                if !is_zero(block) {
-                    data.update((offset + i as u64 * BLOCK).to_le_bytes());
-                    data.update(block);
-                    stored += block.len() as u64;
-                }
-            }
+            stored += chunk
+                .chunks(DIGEST_BLOCK)
+                .filter(|b| !is_zero(b))
+                .map(|b| b.len() as u64)
+                .sum::<u64>();
+            digests.data(offset, chunk);
             offset += n as u64;
         }
-        hashed_to = offset;
+        hashed_to = end;
     }
-    if whole_file_digest {
-        stored = len;
+    if hashed_to < len {
+        digests.zeros(hashed_to, len - hashed_to);
     }
-    Ok(ImageReport {
-        path: name.to_string(),
-        sha256: whole.map(|h| hex(&h.finalize())),
-        data_sha256: hex(&data.finalize()),
-        virtual_size,
-        stored_bytes: stored,
-    })
+    Ok(digests.report(name, virtual_size, stored))
 }
 
 fn read_error(err: io::Error, offset: u64) -> anyhow::Error {
@@ -530,4 +676,49 @@ pub fn parse_hex(text: &str) -> Option<Vec<u8>> {
 /// Lower-case hex.
 pub fn hex(bytes: &[u8]) -> String {
     bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The digests of `file` computed the plain way, from all its bytes at once.
+    fn plain_digests(file: &[u8]) -> (String, String) {
+        let mut data = Sha256::new();
+        for (i, block) in file.chunks(DIGEST_BLOCK).enumerate() {
+            if block.iter().any(|&b| b != 0) {
+                data.update((i as u64 * DIGEST_BLOCK as u64).to_le_bytes());
+                data.update(block);
+            }
+        }
+        (hex(&Sha256::digest(file)), hex(&data.finalize()))
+    }
+
+    #[test]
+    fn digests_do_not_depend_on_how_the_bytes_are_fed() {
+        let mut file = vec![0u8; 64 << 10];
+        file[5] = 1;
+        file[4096 * 3 + 4095] = 2;
+        file[4096 * 7..4096 * 9].fill(3);
+        file[(64 << 10) - 1] = 4;
+        let (sha256, data_sha256) = plain_digests(&file);
+        // Pieces of awkward sizes, some passed as known zeros.
+        for cut in [1usize, 100, 4095, 4096, 5000, 20000] {
+            let mut digests = ImageDigests::new(true);
+            let mut at = 0;
+            while at < file.len() {
+                let end = (at + cut).min(file.len());
+                let piece = &file[at..end];
+                if is_zero(piece) {
+                    digests.zeros(at as u64, piece.len() as u64);
+                } else {
+                    digests.data(at as u64, piece);
+                }
+                at = end;
+            }
+            let report = digests.report("x", 0, 0);
+            assert_eq!(report.sha256.as_deref(), Some(sha256.as_str()), "pieces of {cut}");
+            assert_eq!(report.data_sha256, data_sha256, "pieces of {cut}");
+        }
+    }
 }

@@ -27,13 +27,12 @@ pub struct Report {
 pub struct ImageReport {
     /// File name, relative to the report.
     pub path: String,
-    /// SHA-256 of the image file. Null for raw images: hashing a raw file reads
-    /// every hole (hours for a 2 TiB Data partition), so raw images carry
-    /// `data_sha256` instead.
+    /// SHA-256 of the whole image file, when the build was asked for it
+    /// (`--sha256`): hashing every byte is a pass over the file's zeros too.
     pub sha256: Option<String>,
-    /// SHA-256 over the image's data extents: for each extent of the file that
-    /// may hold data, in order, its offset and length (little-endian u64) then its
-    /// bytes. Independent of how the host file system stores holes.
+    /// SHA-256 over every non-zero 4 KiB block of the image file, each preceded
+    /// by its offset (little-endian u64). Independent of how the host file system
+    /// stores holes.
     pub data_sha256: String,
     pub virtual_size: u64,
     /// Bytes the file takes on disk when written (its length for containers,

@@ -6,7 +6,7 @@ use std::time::Instant;
 
 use anyhow::Context as _;
 
-use crate::build::build;
+use crate::build::{BuildOptions, build};
 use crate::error::UsageError;
 use crate::inputs::{Inputs, auto_sizes, check_fits, load_inputs};
 use crate::manifest::{self, ImageFormat, ManifestError, Size};
@@ -32,6 +32,11 @@ pub struct BuildArgs {
     /// Print nothing but errors.
     #[arg(short, long)]
     pub quiet: bool,
+    /// Also put the SHA-256 of the whole image file in the report (`image.sha256`):
+    /// one more read of the file, its zeros included (a sparse raw image is read
+    /// whole). `image.data_sha256` is always there.
+    #[arg(long)]
+    pub sha256: bool,
 }
 
 /// Check a manifest and its inputs without writing anything.
@@ -75,7 +80,8 @@ pub fn run_build(args: BuildArgs) -> anyhow::Result<ExitCode> {
             eprintln!("warning: {warning}");
         }
     }
-    let output = build(&plan, &inputs, &args.out)
+    let options = BuildOptions { image_sha256: args.sha256 };
+    let output = build(&plan, &inputs, &args.out, options)
         .with_context(|| format!("building {}", args.manifest.display()))?;
     if args.json {
         print!("{}", output.report.to_json());

@@ -138,15 +138,20 @@ pub fn write_vhd_fixed(
     out: &File,
     options: &VhdOptions,
 ) -> io::Result<()> {
-    let size = source.size().checked_next_multiple_of(MIB).filter(|&s| s <= MAX_SIZE).ok_or_else(
-        || {
+    super::raw::write_raw(source, out)?;
+    append_fixed_footer(out, source.size(), options)
+}
+
+/// Turns `out`, which holds a raw disk of `disk_size` bytes, into a fixed VHD:
+/// the disk padded to a whole MiB, then the footer.
+pub fn append_fixed_footer(out: &File, disk_size: u64, options: &VhdOptions) -> io::Result<()> {
+    let size =
+        disk_size.checked_next_multiple_of(MIB).filter(|&s| s <= MAX_SIZE).ok_or_else(|| {
             io::Error::new(
                 io::ErrorKind::InvalidInput,
-                format!("a {}-byte disk is larger than a VHD can hold (2040 GiB)", source.size()),
+                format!("a {disk_size}-byte disk is larger than a VHD can hold (2040 GiB)"),
             )
-        },
-    )?;
-    super::raw::write_raw(source, out)?;
+        })?;
     out.set_len(size)?;
     out.write_all_at(&fixed_footer(size, options), size)?;
     Ok(())

@@ -16,6 +16,7 @@
 //! metadata (1 MiB), `3 MiB` BAT, then payload blocks in virtual-disk order.
 
 pub mod bat;
+pub mod direct;
 pub mod header;
 pub mod metadata;
 pub mod reader;

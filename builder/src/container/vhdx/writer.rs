@@ -105,6 +105,24 @@ pub fn write_vhdx(
     options: &VhdxOptions,
 ) -> io::Result<VhdxSummary> {
     let virtual_size = source.size();
+    let geometry = checked_geometry(virtual_size, options)?;
+    let payload_start = payload_start(&geometry);
+    let mut bat_entries = bat_entries(&geometry)?;
+
+    let (present_blocks, payload_end) =
+        copy_payload(source, out, &geometry, payload_start, options.dense, &mut bat_entries)?;
+
+    write_tables(out, &geometry, options, virtual_size, &bat_entries)?;
+    let file_size = payload_end.max(payload_start);
+    out.set_len(file_size)?;
+    Ok(VhdxSummary { virtual_size, block_size: options.block_size, present_blocks, file_size })
+}
+
+/// Checks the disk size, block size and identities, and gives the BAT's shape.
+pub(super) fn checked_geometry(
+    virtual_size: u64,
+    options: &VhdxOptions,
+) -> io::Result<BatGeometry> {
     check_block_size(u64::from(options.block_size)).map_err(invalid_input)?;
     if virtual_size == 0
         || virtual_size % u64::from(LOGICAL_SECTOR_SIZE) != 0
@@ -123,18 +141,30 @@ pub fn write_vhdx(
             return Err(invalid_input(format!("the VHDX {name} GUID must not be zero")));
         }
     }
-    let geometry = BatGeometry::new(virtual_size, options.block_size, LOGICAL_SECTOR_SIZE)?;
-    let payload_start = BAT_OFFSET + geometry.region_length();
+    Ok(BatGeometry::new(virtual_size, options.block_size, LOGICAL_SECTOR_SIZE)?)
+}
+
+/// Where the first payload block goes: right after the BAT.
+pub(super) fn payload_start(geometry: &BatGeometry) -> u64 {
+    BAT_OFFSET + geometry.region_length()
+}
+
+/// An all-NOT_PRESENT table for `geometry`.
+pub(super) fn bat_entries(geometry: &BatGeometry) -> io::Result<Vec<u64>> {
     // At most 64 TiB / 1 MiB entries, 512 MiB: the BAT the format requires.
-    let mut bat_entries = vec![
-        0u64;
-        usize::try_from(geometry.total_entries)
-            .map_err(|_| invalid_input("BAT too large".into()))?
-    ];
+    let entries = usize::try_from(geometry.total_entries)
+        .map_err(|_| invalid_input("BAT too large".into()))?;
+    Ok(vec![0u64; entries])
+}
 
-    let (present_blocks, payload_end) =
-        copy_payload(source, out, &geometry, payload_start, options.dense, &mut bat_entries)?;
-
+/// Writes everything before the payload: header section, log, metadata and BAT.
+pub(super) fn write_tables(
+    out: &File,
+    geometry: &BatGeometry,
+    options: &VhdxOptions,
+    virtual_size: u64,
+    bat_entries: &[u64],
+) -> io::Result<()> {
     let mut bat_bytes = vec![
         0u8;
         usize::try_from(geometry.region_length())
@@ -156,10 +186,8 @@ pub fn write_vhdx(
     out.write_all_at(&metadata_region_bytes(&params), METADATA_OFFSET)?;
     // The log is declared but empty; written as zeros so the file has no holes.
     out.write_all_at(&vec![0u8; LOG_LENGTH as usize], LOG_OFFSET)?;
-    out.write_all_at(&header_section(&geometry, options), 0)?;
-    let file_size = payload_end.max(payload_start);
-    out.set_len(file_size)?;
-    Ok(VhdxSummary { virtual_size, block_size: options.block_size, present_blocks, file_size })
+    out.write_all_at(&header_section(geometry, options), 0)?;
+    Ok(())
 }
 
 /// The first MiB: file identifier, both headers, both region tables.
