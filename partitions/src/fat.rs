@@ -533,12 +533,66 @@ pub fn min_fat_size(tree: &FileTree) -> Result<u64, FatError> {
 
 /// A region of a file as a seekable stream. A write of zeros over bytes that
 /// already read as zero is skipped, so holes of a sparse file stay holes.
+///
+/// Small reads go through a one-page cache: fatfs reads the FAT one entry (2 or
+/// 4 bytes) at a time, and counting free clusters alone would otherwise cost a
+/// system call per cluster. Writes go straight to the file and update the page.
 struct RegionStream<'a> {
     region: FileRegion<'a>,
     position: u64,
+    /// The cached page: its offset in the region and its bytes (shorter at the end of the region).
+    page: Option<(u64, Vec<u8>)>,
 }
 
-impl RegionStream<'_> {
+/// The size of the read cache's page.
+const STREAM_PAGE: u64 = 4096;
+
+impl<'a> RegionStream<'a> {
+    fn new(region: FileRegion<'a>) -> RegionStream<'a> {
+        RegionStream { region, position: 0, page: None }
+    }
+
+    /// Serves a read of `buf.len()` bytes at the position from the cached page,
+    /// loading the page first if needed; `false` if the read is not small or
+    /// crosses a page boundary.
+    fn read_cached(&mut self, buf: &mut [u8]) -> io::Result<bool> {
+        let len = buf.len() as u64;
+        let page_start = self.position / STREAM_PAGE * STREAM_PAGE;
+        if len >= STREAM_PAGE || self.position + len > page_start + STREAM_PAGE {
+            return Ok(false);
+        }
+        if self.page.as_ref().is_none_or(|(start, _)| *start != page_start) {
+            let page_len = self.region.len().saturating_sub(page_start).min(STREAM_PAGE);
+            // page_len <= 4096.
+            let mut bytes = vec![0u8; page_len as usize];
+            self.region.read_exact_at(&mut bytes, page_start)?;
+            self.page = Some((page_start, bytes));
+        }
+        let Some((_, bytes)) = &self.page else { return Ok(false) };
+        // position - page_start < 4096 and the read was checked against the region's end.
+        let at = (self.position - page_start) as usize;
+        buf.copy_from_slice(&bytes[at..at + buf.len()]);
+        Ok(true)
+    }
+
+    /// Keeps the cached page equal to the file after a write of `data` at the position.
+    fn update_page(&mut self, data: &[u8]) {
+        if let Some((start, bytes)) = &mut self.page {
+            let (page_start, page_end) = (*start, *start + bytes.len() as u64);
+            let (write_start, write_end) = (self.position, self.position + data.len() as u64);
+            let (from, to) = (write_start.max(page_start), write_end.min(page_end));
+            if from < to {
+                // Both differences are below the page or write length, usizes.
+                let (page_at, data_at, n) = (
+                    (from - page_start) as usize,
+                    (from - write_start) as usize,
+                    (to - from) as usize,
+                );
+                bytes[page_at..page_at + n].copy_from_slice(&data[data_at..data_at + n]);
+            }
+        }
+    }
+
     fn already_zero(&self, len: usize) -> io::Result<bool> {
         let mut buf = [0u8; 4096];
         let mut done = 0usize;
@@ -562,7 +616,9 @@ impl RegionStream<'_> {
 impl Read for RegionStream<'_> {
     fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
         let n = usize::try_from(self.remaining()).unwrap_or(usize::MAX).min(buf.len());
-        self.region.read_exact_at(&mut buf[..n], self.position)?;
+        if !self.read_cached(&mut buf[..n])? {
+            self.region.read_exact_at(&mut buf[..n], self.position)?;
+        }
         self.position += n as u64;
         Ok(n)
     }
@@ -579,6 +635,7 @@ impl Write for RegionStream<'_> {
         let zeros = buf.iter().all(|&b| b == 0);
         if !(zeros && self.already_zero(buf.len())?) {
             self.region.write_all_at(buf, self.position)?;
+            self.update_page(buf);
         }
         self.position += buf.len() as u64;
         Ok(buf.len())
@@ -624,7 +681,7 @@ pub fn write_fat(
         .total_sectors(sectors)
         .volume_id(opts.volume_id)
         .volume_label(label);
-    let stream = || RegionStream { region, position: 0 };
+    let stream = || RegionStream::new(region);
     let hinted = match type_hint(size) {
         Some(FatType::Fat32) => {
             fatfs::format_volume(stream(), base.clone().fat_type(fatfs::FatType::Fat32)).is_ok()

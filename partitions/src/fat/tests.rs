@@ -45,7 +45,7 @@ fn sparse(dir: &tempfile::TempDir, name: &str, size: u64) -> File {
 
 fn read_back(f: &File, size: u64, path: &str) -> Vec<u8> {
     let fs = fatfs::FileSystem::new(
-        RegionStream { region: FileRegion::new(f, 0, size), position: 0 },
+        RegionStream::new(FileRegion::new(f, 0, size)),
         fatfs::FsOptions::new(),
     )
     .unwrap();
@@ -103,7 +103,7 @@ fn writes_files_label_volume_id_and_hidden_sectors() {
         assert_eq!(read_back(&f, size, "efi/abforge/A RATHER LONG FILE NAME.conf"), b"timeout 3\n");
         assert_eq!(read_back(&f, size, "loader/entries/deep/er/empty"), b"");
         let fs = fatfs::FileSystem::new(
-            RegionStream { region: FileRegion::new(&f, 0, size), position: 0 },
+            RegionStream::new(FileRegion::new(&f, 0, size)),
             fatfs::FsOptions::new(),
         )
         .unwrap();
