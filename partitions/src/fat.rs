@@ -547,6 +547,13 @@ struct RegionStream<'a> {
 /// The size of the read cache's page.
 const STREAM_PAGE: u64 = 4096;
 
+/// An offset or length within the cached page (below [`STREAM_PAGE`]) as an index.
+#[allow(clippy::cast_possible_truncation)]
+fn within_page(value: u64) -> usize {
+    debug_assert!(value <= STREAM_PAGE);
+    value as usize
+}
+
 impl<'a> RegionStream<'a> {
     fn new(region: FileRegion<'a>) -> RegionStream<'a> {
         RegionStream { region, position: 0, page: None }
@@ -564,13 +571,13 @@ impl<'a> RegionStream<'a> {
         if self.page.as_ref().is_none_or(|(start, _)| *start != page_start) {
             let page_len = self.region.len().saturating_sub(page_start).min(STREAM_PAGE);
             // page_len <= 4096.
-            let mut bytes = vec![0u8; page_len as usize];
+            let mut bytes = vec![0u8; within_page(page_len)];
             self.region.read_exact_at(&mut bytes, page_start)?;
             self.page = Some((page_start, bytes));
         }
         let Some((_, bytes)) = &self.page else { return Ok(false) };
         // position - page_start < 4096 and the read was checked against the region's end.
-        let at = (self.position - page_start) as usize;
+        let at = within_page(self.position - page_start);
         buf.copy_from_slice(&bytes[at..at + buf.len()]);
         Ok(true)
     }
@@ -584,9 +591,9 @@ impl<'a> RegionStream<'a> {
             if from < to {
                 // Both differences are below the page or write length, usizes.
                 let (page_at, data_at, n) = (
-                    (from - page_start) as usize,
-                    (from - write_start) as usize,
-                    (to - from) as usize,
+                    within_page(from - page_start),
+                    usize::try_from(from - write_start).unwrap_or(usize::MAX),
+                    within_page(to - from),
                 );
                 bytes[page_at..page_at + n].copy_from_slice(&data[data_at..data_at + n]);
             }
