@@ -507,11 +507,17 @@ pub fn gpt_layout(plan: &Plan) -> GptLayout {
 }
 
 /// The digests of a finished image file, fed its bytes in order: `sha256` of
-/// every byte when asked for (containers), and `data_sha256` of each non-zero
-/// 4 KiB block preceded by its offset (see [`ImageReport`]).
+/// every byte when asked for, and `data_sha256` (see [`ImageReport`]): the
+/// SHA-256 of the list of (offset, SHA-256) of its non-zero 4 KiB blocks, so the
+/// blocks are hashed in parallel.
 struct ImageDigests {
     whole: Option<Sha256>,
-    data: Sha256,
+    data: DataDigest,
+}
+
+/// `data_sha256` being computed.
+struct DataDigest {
+    list: Sha256,
     /// The 4 KiB block being filled and the file offset it starts at.
     block: Vec<u8>,
     block_offset: u64,
@@ -519,54 +525,39 @@ struct ImageDigests {
 
 const DIGEST_BLOCK: usize = 4096;
 
-impl ImageDigests {
-    fn new(whole_file: bool) -> ImageDigests {
-        ImageDigests {
-            whole: whole_file.then(Sha256::new),
-            data: Sha256::new(),
-            block: Vec::with_capacity(DIGEST_BLOCK),
-            block_offset: 0,
+impl DataDigest {
+    /// Adds whole blocks starting at `block_offset` (the partial block is empty).
+    fn add_blocks(&mut self, blocks: &[u8]) {
+        debug_assert!(self.block.is_empty() && blocks.len() % DIGEST_BLOCK == 0);
+        let digests: Vec<Option<[u8; 32]>> = blocks
+            .par_chunks(DIGEST_BLOCK)
+            .map(|block| (!is_zero(block)).then(|| Sha256::digest(block).into()))
+            .collect();
+        for digest in digests {
+            if let Some(digest) = digest {
+                self.list.update(self.block_offset.to_le_bytes());
+                self.list.update(digest);
+            }
+            self.block_offset += DIGEST_BLOCK as u64;
         }
     }
 
+    /// Adds the partial block, zero-padded to a whole block when the file ends in one.
     fn flush_block(&mut self) {
         if !is_zero(&self.block) {
-            self.data.update(self.block_offset.to_le_bytes());
-            self.data.update(&self.block);
+            self.list.update(self.block_offset.to_le_bytes());
+            self.list.update(Sha256::digest(&self.block));
         }
         self.block_offset += self.block.len() as u64;
         self.block.clear();
     }
 
-    fn report(mut self, name: &str, virtual_size: u64, stored_bytes: u64) -> ImageReport {
-        if !self.block.is_empty() {
-            self.flush_block();
-        }
-        ImageReport {
-            path: name.to_string(),
-            sha256: self.whole.map(|h| hex(&h.finalize())),
-            data_sha256: hex(&self.data.finalize()),
-            virtual_size,
-            stored_bytes,
-        }
-    }
-}
-
-impl FileObserver for ImageDigests {
-    fn data(&mut self, offset: u64, mut bytes: &[u8]) {
-        debug_assert_eq!(offset, self.block_offset + self.block.len() as u64);
-        if let Some(whole) = self.whole.as_mut() {
-            whole.update(bytes);
-        }
+    fn add(&mut self, mut bytes: &[u8]) {
         while !bytes.is_empty() {
             if self.block.is_empty() && bytes.len() >= DIGEST_BLOCK {
                 // Whole blocks straight from the caller's buffer.
-                let (block, rest) = bytes.split_at(DIGEST_BLOCK);
-                if !is_zero(block) {
-                    self.data.update(self.block_offset.to_le_bytes());
-                    self.data.update(block);
-                }
-                self.block_offset += DIGEST_BLOCK as u64;
+                let (blocks, rest) = bytes.split_at(bytes.len() / DIGEST_BLOCK * DIGEST_BLOCK);
+                self.add_blocks(blocks);
                 bytes = rest;
                 continue;
             }
@@ -579,18 +570,7 @@ impl FileObserver for ImageDigests {
         }
     }
 
-    fn zeros(&mut self, offset: u64, mut len: u64) {
-        debug_assert_eq!(offset, self.block_offset + self.block.len() as u64);
-        if let Some(whole) = self.whole.as_mut() {
-            let zeros = [0u8; 64 << 10];
-            let mut left = len;
-            while left > 0 {
-                let n = left.min(zeros.len() as u64);
-                // n <= 64 KiB.
-                whole.update(&zeros[..crate::container::idx(n)]);
-                left -= n;
-            }
-        }
+    fn add_zeros(&mut self, mut len: u64) {
         if !self.block.is_empty() {
             let take =
                 (DIGEST_BLOCK - self.block.len()).min(usize::try_from(len).unwrap_or(usize::MAX));
@@ -601,12 +581,70 @@ impl FileObserver for ImageDigests {
             }
             self.flush_block();
         }
-        // Whole zero blocks are not part of the data digest.
+        // Whole zero blocks are not in the list.
         let whole_blocks = len / DIGEST_BLOCK as u64 * DIGEST_BLOCK as u64;
         self.block_offset += whole_blocks;
-        let rest = len - whole_blocks;
-        // rest < 4 KiB.
-        self.block.resize(crate::container::idx(rest), 0);
+        self.block.resize(crate::container::idx(len - whole_blocks), 0);
+    }
+
+    fn next_offset(&self) -> u64 {
+        self.block_offset + self.block.len() as u64
+    }
+}
+
+impl ImageDigests {
+    fn new(whole_file: bool) -> ImageDigests {
+        ImageDigests {
+            whole: whole_file.then(Sha256::new),
+            data: DataDigest {
+                list: Sha256::new(),
+                block: Vec::with_capacity(DIGEST_BLOCK),
+                block_offset: 0,
+            },
+        }
+    }
+
+    fn report(mut self, name: &str, virtual_size: u64, stored_bytes: u64) -> ImageReport {
+        if !self.data.block.is_empty() {
+            self.data.flush_block();
+        }
+        ImageReport {
+            path: name.to_string(),
+            sha256: self.whole.map(|h| hex(&h.finalize())),
+            data_sha256: hex(&self.data.list.finalize()),
+            virtual_size,
+            stored_bytes,
+        }
+    }
+}
+
+impl FileObserver for ImageDigests {
+    fn data(&mut self, offset: u64, bytes: &[u8]) {
+        debug_assert_eq!(offset, self.data.next_offset());
+        // The whole-file digest is one sequential stream: it runs beside the blocks'.
+        let ImageDigests { whole, data } = self;
+        rayon::join(
+            || {
+                if let Some(whole) = whole {
+                    whole.update(bytes);
+                }
+            },
+            || data.add(bytes),
+        );
+    }
+
+    fn zeros(&mut self, offset: u64, len: u64) {
+        debug_assert_eq!(offset, self.data.next_offset());
+        if let Some(whole) = self.whole.as_mut() {
+            let zeros = [0u8; 64 << 10];
+            let mut left = len;
+            while left > 0 {
+                let n = left.min(zeros.len() as u64);
+                whole.update(&zeros[..crate::container::idx(n)]);
+                left -= n;
+            }
+        }
+        self.data.add_zeros(len);
     }
 }
 
@@ -688,7 +726,7 @@ mod tests {
         for (i, block) in file.chunks(DIGEST_BLOCK).enumerate() {
             if block.iter().any(|&b| b != 0) {
                 data.update((i as u64 * DIGEST_BLOCK as u64).to_le_bytes());
-                data.update(block);
+                data.update(Sha256::digest(block));
             }
         }
         (hex(&Sha256::digest(file)), hex(&data.finalize()))

@@ -30,9 +30,9 @@ pub struct ImageReport {
     /// SHA-256 of the whole image file, when the build was asked for it
     /// (`--sha256`): hashing every byte is a pass over the file's zeros too.
     pub sha256: Option<String>,
-    /// SHA-256 over every non-zero 4 KiB block of the image file, each preceded
-    /// by its offset (little-endian u64). Independent of how the host file system
-    /// stores holes.
+    /// SHA-256 of the list of every non-zero 4 KiB block of the image file, in
+    /// order, as its offset (little-endian u64) then its SHA-256. Independent of
+    /// how the host file system stores holes.
     pub data_sha256: String,
     pub virtual_size: u64,
     /// Bytes the file takes on disk when written (its length for containers,
