@@ -160,15 +160,16 @@ impl Loader<'_> {
     ) -> anyhow::Result<Listing> {
         let cannot_read = || format!("cannot read the directory '{}'", dir_path.display());
         let xattrs = XattrReader::default().read(XattrsOf::Fd(dir_fd.as_fd()), dir_path)?;
-        let mut names: Vec<CString> = Vec::new();
+        // Names with the type the listing gives (a hint: looked at again below).
+        let mut names: Vec<(CString, FileType)> = Vec::new();
         for entry in Dir::read_from(&dir_fd).map_err(io::Error::from).with_context(cannot_read)? {
             let entry = entry.map_err(io::Error::from).with_context(cannot_read)?;
             let name = entry.file_name();
             if name != c"." && name != c".." {
-                names.push(name.to_owned());
+                names.push((name.to_owned(), entry.file_type()));
             }
         }
-        names.sort_unstable_by(|a, b| a.as_bytes().cmp(b.as_bytes()));
+        names.sort_unstable_by(|a, b| a.0.as_bytes().cmp(b.0.as_bytes()));
 
         // The entries first, with the directory open; subdirectories are opened
         // (and read) only after it is closed, so a directory with many
@@ -176,8 +177,8 @@ impl Loader<'_> {
         let loaded: Vec<anyhow::Result<Option<Loaded>>> = names
             .par_iter()
             .with_min_len(16)
-            .map_init(XattrReader::default, |xattrs, name| {
-                self.read_entry(dir_fd.as_fd(), dir_path, tree_path, name, xattrs)
+            .map_init(Scratch::default, |scratch, (name, listed)| {
+                self.read_entry(dir_fd.as_fd(), dir_path, tree_path, name, *listed, scratch)
             })
             .collect();
         drop(dir_fd);
@@ -209,16 +210,19 @@ impl Loader<'_> {
         Ok(Listing { xattrs, entries })
     }
 
-    /// Reads the entry `name` of the open directory `dir_fd`; `None` when excluded.
-    /// A directory comes back empty, its contents still to read.
+    /// Reads the entry `name` of the open directory `dir_fd` (`listed`: the type the
+    /// listing gave); `None` when excluded. A directory comes back empty, its
+    /// contents still to read.
     fn read_entry(
         &self,
         dir_fd: BorrowedFd<'_>,
         dir_path: &Path,
         tree_path: &[u8],
         c_name: &CString,
-        xattrs: &mut XattrReader,
+        listed: FileType,
+        scratch: &mut Scratch,
     ) -> anyhow::Result<Option<Loaded>> {
+        let xattrs = &mut scratch.xattrs;
         let name = c_name.as_bytes();
         let mut entry_tree_path = Vec::with_capacity(tree_path.len() + 1 + name.len());
         entry_tree_path.extend_from_slice(tree_path);
@@ -230,10 +234,33 @@ impl Loader<'_> {
             return Ok(None);
         }
         let host_path = dir_path.join(OsStr::from_bytes(name));
-        // One stat per entry, relative to the open directory, links not followed.
-        let stat = statx(dir_fd, c_name, AtFlags::SYMLINK_NOFOLLOW, StatxFlags::BASIC_STATS)
-            .map_err(io::Error::from)
-            .with_context(|| format!("cannot stat '{}'", host_path.display()))?;
+        // One stat per entry, never following a link. A file listed as regular is
+        // opened first and looked at through its descriptor (one name lookup, not
+        // two); the stat says what it really is, and anything else, or a failure,
+        // goes the general way: a stat relative to the open directory.
+        let mut opened = None;
+        if listed == FileType::RegularFile {
+            let flags = OFlags::RDONLY | OFlags::CLOEXEC | OFlags::NOFOLLOW | OFlags::NOCTTY;
+            // NONBLOCK: should a FIFO have taken the file's place, opening it does not wait.
+            if let Ok(fd) = openat(dir_fd, c_name, flags | OFlags::NONBLOCK, Mode::empty()) {
+                match statx(&fd, c"", AtFlags::EMPTY_PATH, StatxFlags::BASIC_STATS) {
+                    Ok(stat) if FileType::from_raw_mode(u32::from(stat.stx_mode)).is_file() => {
+                        opened = Some((fd, stat));
+                    }
+                    _ => {}
+                }
+            }
+        }
+        let (opened, stat) = match opened {
+            Some((fd, stat)) => (Some(fd), stat),
+            None => {
+                let stat =
+                    statx(dir_fd, c_name, AtFlags::SYMLINK_NOFOLLOW, StatxFlags::BASIC_STATS)
+                        .map_err(io::Error::from)
+                        .with_context(|| format!("cannot stat '{}'", host_path.display()))?;
+                (None, stat)
+            }
+        };
         let file_type = FileType::from_raw_mode(u32::from(stat.stx_mode));
         let hard_link = (file_type != FileType::Directory && stat.stx_nlink > 1).then_some((
             stat.stx_dev_major,
@@ -247,21 +274,24 @@ impl Loader<'_> {
             FileType::RegularFile => {
                 // Opened once now so that an unreadable file fails the load,
                 // naming it; its xattrs are read through the same descriptor.
-                let file = openat(
-                    dir_fd,
-                    c_name,
-                    OFlags::RDONLY | OFlags::CLOEXEC | OFlags::NOFOLLOW | OFlags::NOCTTY,
-                    Mode::empty(),
-                )
-                .map_err(io::Error::from)
-                .with_context(|| format!("cannot read '{}'", host_path.display()))?;
+                let file = match opened {
+                    Some(fd) => fd,
+                    None => openat(
+                        dir_fd,
+                        c_name,
+                        OFlags::RDONLY | OFlags::CLOEXEC | OFlags::NOFOLLOW | OFlags::NOCTTY,
+                        Mode::empty(),
+                    )
+                    .map_err(io::Error::from)
+                    .with_context(|| format!("cannot read '{}'", host_path.display()))?,
+                };
                 meta.xattrs = xattrs.read(XattrsOf::Fd(file.as_fd()), &host_path)?;
                 let file = File::from(file);
                 let len = stat.stx_size;
                 let content = if len == 0 {
                     Content::empty()
                 } else if len <= INLINE_MAX && self.take_inline(len) {
-                    Content::Bytes(Arc::from(read_whole(&file, len, &host_path)?))
+                    Content::Bytes(read_whole(&file, len, &host_path, &mut scratch.content)?)
                 } else {
                     let ranges = data_ranges_of(&file, len)
                         .with_context(|| format!("cannot read '{}'", host_path.display()))?;
@@ -321,11 +351,28 @@ impl Loader<'_> {
     }
 }
 
-/// The `len` bytes of a small file, read through its descriptor; a file that
-/// changed length since its `statx` is an error naming it.
-fn read_whole(file: &File, len: u64, path: &Path) -> anyhow::Result<Vec<u8>> {
+/// Buffers one loading thread reuses from entry to entry.
+#[derive(Default)]
+struct Scratch {
+    xattrs: XattrReader,
+    content: Vec<u8>,
+}
+
+/// The `len` bytes of a small file, read through its descriptor (into `scratch`,
+/// then copied once to their final place); a file that changed length since its
+/// `statx` is an error naming it.
+fn read_whole(
+    file: &File,
+    len: u64,
+    path: &Path,
+    scratch: &mut Vec<u8>,
+) -> anyhow::Result<Arc<[u8]>> {
     // `len` is at most INLINE_MAX.
-    let mut bytes = vec![0u8; usize::try_from(len).unwrap_or(0)];
+    let len = usize::try_from(len).unwrap_or(0);
+    if scratch.len() < len {
+        scratch.resize(len, 0);
+    }
+    let bytes = &mut scratch[..len];
     let mut done = 0;
     while done < bytes.len() {
         match file.read_at(&mut bytes[done..], done as u64) {
@@ -340,7 +387,7 @@ fn read_whole(file: &File, len: u64, path: &Path) -> anyhow::Result<Vec<u8>> {
             }
         }
     }
-    Ok(bytes)
+    Ok(Arc::from(&bytes[..]))
 }
 
 /// Byte ranges of `file` (first `len` bytes) that may hold data, from
