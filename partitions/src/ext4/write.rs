@@ -4,8 +4,9 @@
 //! File data held in a host file is read ahead by two threads (files dealt in turn)
 //! in 1 MiB chunks and taken in the order the files are written, so reading overlaps
 //! writing; content already in memory is taken as it is. All-zero blocks become
-//! holes; consecutive blocks are coalesced into large positioned writes done by a
-//! third thread, with direct I/O when the sink allows it ([`Sink`]). Inode table
+//! holes; consecutive blocks are coalesced into large positioned writes done by
+//! [`WRITERS`] threads, with direct I/O when the sink allows it ([`Sink`]). Every
+//! block is written once, so the order in which those threads finish does not matter. Inode table
 //! blocks are written as soon as a group's inodes are done, so memory stays bounded
 //! by one group's table and one directory.
 //!
@@ -30,9 +31,9 @@ use std::fs::File;
 use std::io;
 use std::os::fd::AsRawFd;
 use std::os::unix::fs::FileExt;
-use std::sync::Mutex;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc::{Receiver, SyncSender, sync_channel};
+use std::sync::{Arc, Mutex, PoisonError};
 
 /// Threads reading file content ahead (files are dealt to them in turn).
 const READERS: usize = 2;
@@ -137,7 +138,7 @@ impl BlockWriter {
         }
         let next = self.spare.try_recv().unwrap_or_else(|_| IoBuf::new());
         let full = std::mem::replace(&mut self.buf, next);
-        // The writer thread only hangs up after a failed write, which it reports itself.
+        // The writer threads only hang up after a failed write, which they report.
         self.to_disk.send((self.start, full)).map_err(|_| Ext4Error::Write {
             block: self.start,
             source: io::Error::other("the writer thread stopped"),
@@ -213,20 +214,26 @@ fn reopen_direct(file: &File) -> Option<File> {
 }
 
 /// A writer thread: positioned writes of coalesced buffers, taken from the queue
-/// shared by all writer threads.
+/// shared by all writer threads. The first failure stops every writer (`failed`);
+/// once they are all gone the queue is dropped, so the main thread's next send fails
+/// instead of waiting forever, and the failure is reported by the thread's join.
 fn write_to_disk(
     sink: &Sink<'_>,
-    buffers: &Mutex<Receiver<(u64, IoBuf)>>,
+    queue: &Mutex<Receiver<(u64, IoBuf)>>,
     spare: SyncSender<IoBuf>,
+    failed: &AtomicBool,
 ) -> Result<(), Ext4Error> {
     loop {
-        // A poisoned lock means another writer panicked; its join reports it.
-        let next = match buffers.lock() {
-            Ok(queue) => queue.recv(),
-            Err(_) => return Ok(()),
-        };
+        if failed.load(Ordering::Relaxed) {
+            return Ok(());
+        }
+        // Receiving cannot panic, so the lock is never poisoned in practice.
+        let next = queue.lock().unwrap_or_else(PoisonError::into_inner).recv();
         let Ok((block, mut data)) = next else { return Ok(()) };
-        sink.write(block, data.bytes()).map_err(|source| Ext4Error::Write { block, source })?;
+        if let Err(source) = sink.write(block, data.bytes()) {
+            failed.store(true, Ordering::Relaxed);
+            return Err(Ext4Error::Write { block, source });
+        }
         data.len = 0;
         let _ = spare.try_send(data);
     }
@@ -381,7 +388,10 @@ pub(crate) fn write(
     let (disk_tx, disk_rx) = sync_channel(WRITES_IN_FLIGHT);
     let (buffer_tx, buffer_rx) = sync_channel(WRITES_IN_FLIGHT + WRITERS + 1);
     let sink = Sink::new(region, opts.direct_io);
-    let (sink, queue) = (&sink, &Mutex::new(disk_rx));
+    let failed = AtomicBool::new(false);
+    let (sink, failed) = (&sink, &failed);
+    // Held by the writer threads only: it goes away when the last of them ends.
+    let queue = Arc::new(Mutex::new(disk_rx));
     std::thread::scope(|scope| {
         let mut readers = Vec::with_capacity(READERS);
         for which in 0..READERS {
@@ -396,11 +406,11 @@ pub(crate) fn write(
         }
         let disks: Vec<_> = (0..WRITERS)
             .map(|_| {
-                let spare = buffer_tx.clone();
-                scope.spawn(move || write_to_disk(sink, queue, spare))
+                let (queue, spare) = (Arc::clone(&queue), buffer_tx.clone());
+                scope.spawn(move || write_to_disk(sink, &queue, spare, failed))
             })
             .collect();
-        drop(buffer_tx);
+        drop((queue, buffer_tx));
         let result = (|| {
             let mut writer = Writer {
                 plan,
@@ -539,7 +549,7 @@ impl Writer<'_> {
         let mut inode =
             Inode::new(type_bits | (meta.permissions & 0o7777), meta.uid, meta.gid, meta.mtime);
         // Directories with more than 65000 subdirectories count 1 (dir_nlink).
-        inode.links = u16::try_from(entry.links).ok().filter(|&l| l <= 65000).unwrap_or(3);
+        inode.links = u16::try_from(entry.links).ok().filter(|&l| l <= 65000).unwrap_or(1);
 
         // Validated by the plan; the errors cannot happen here.
         let path = entry.path_string();
@@ -914,6 +924,20 @@ mod tests {
         assert!(buffered == image(&dir, "unaligned", true, 512));
         let file = File::open(dir.path().join("unaligned")).unwrap();
         assert!(Sink::new(FileRegion::new(&file, 512, 4096), true).direct.is_none());
+    }
+
+    #[test]
+    fn a_failed_write_is_reported_not_waited_on() {
+        // A read-only descriptor: every positioned write fails (EBADF). The writer
+        // threads stop, the main thread's queue closes, and the error comes back.
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("image");
+        File::create(&path).unwrap().set_len(32 << 20).unwrap();
+        let file = File::open(&path).unwrap();
+        let err =
+            ext4::write(&tree(), &Ext4Options::default(), FileRegion::new(&file, 0, 32 << 20))
+                .unwrap_err();
+        assert!(matches!(err, Ext4Error::Write { .. }), "{err}");
     }
 
     #[test]
