@@ -124,6 +124,8 @@ fn run_ext4(args: Ext4Args) -> anyhow::Result<ExitCode> {
         timestamp: Timestamp::from_seconds(sde),
         journal: args.journal,
         inode_ratio: args.journal.then_some(16384),
+        // A one-off image, not read back by this process: skip the page cache.
+        direct_io: true,
         ..Ext4Options::default()
     };
     let size = match requested {

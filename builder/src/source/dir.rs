@@ -19,6 +19,14 @@
 //! `SEEK_DATA`/`SEEK_HOLE` while loading. Left out:
 //! access and change times (file systems get the modification time for all), and
 //! the directories' own link counts (the writer computes them).
+//!
+//! Directories are read in parallel (rayon): a directory's entries, then its
+//! subdirectories, each directory opened only while its own entries are read, so
+//! the descriptors held stay few. The tree is then assembled in one pass in the
+//! canonical order (names sorted by bytes, a directory before what it holds), so
+//! hard links, the first error reported and the tree itself never depend on the
+//! listing order or on which thread read what. Only which small files are kept
+//! in memory (first come within the budget) varies, which changes no byte written.
 
 use std::collections::{BTreeMap, HashMap};
 use std::ffi::{CString, OsStr};
@@ -30,11 +38,13 @@ use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 
 use abforge_partitions::tree::{
     Content, ContentSource, FileTree, Metadata, Node, NodeId, NodeKind, Timestamp,
 };
 use anyhow::Context;
+use rayon::prelude::*;
 use rustix::fs::{
     AtFlags, CWD, Dir, FileType, Mode, OFlags, SeekFrom, Statx, StatxFlags, openat, readlinkat,
     statx,
@@ -49,6 +59,35 @@ pub const INLINE_MAX: u64 = 64 << 10;
 /// Most bytes of small files held in memory per tree; later files are read when written.
 pub const INLINE_BUDGET: u64 = 64 << 20;
 
+/// One directory as read from the host: its xattrs and its entries in name order.
+struct Listing {
+    xattrs: BTreeMap<Vec<u8>, Vec<u8>>,
+    entries: Vec<Loaded>,
+}
+
+/// One entry of a directory as read from the host.
+struct Loaded {
+    name: Vec<u8>,
+    /// Tree path, for messages.
+    tree_path: Vec<u8>,
+    host_path: PathBuf,
+    meta: Metadata,
+    /// Device and inode number when it is a non-directory with several names.
+    hard_link: Option<(u32, u32, u64)>,
+    what: What,
+}
+
+enum What {
+    Directory(Listing),
+    Other(NodeKind),
+}
+
+/// What every directory read shares: the options and the small-file budget left.
+struct Loader<'o> {
+    opts: &'o SourceOptions,
+    inline_left: AtomicU64,
+}
+
 /// Reads the directory `root` (its own metadata becomes the tree root's).
 pub fn load_directory(root: &Path, opts: &SourceOptions) -> anyhow::Result<FileTree> {
     let cannot_read = |path: &Path| format!("cannot read the directory '{}'", path.display());
@@ -56,147 +95,284 @@ pub fn load_directory(root: &Path, opts: &SourceOptions) -> anyhow::Result<FileT
     let root_stat = statx(&root_fd, c"", AtFlags::EMPTY_PATH, StatxFlags::BASIC_STATS)
         .map_err(io::Error::from)
         .with_context(|| cannot_read(root))?;
+    let loader = Loader { opts, inline_left: AtomicU64::new(INLINE_BUDGET) };
+    let listing = loader.read_dir(root_fd, root, &[])?;
+
     let mut tree = FileTree::new(metadata_of(&root_stat));
-    let mut xattrs = XattrReader::default();
-    let mut inline_left = INLINE_BUDGET;
-
-    // Hard-linked non-directories already in the tree, by device and inode.
+    let root_id = tree.root();
+    tree.node_mut(root_id).meta.xattrs = listing.xattrs;
+    // Hard-linked non-directories already in the tree, by device and inode: the
+    // first name in canonical order makes the node, the others link to it.
     let mut inodes: HashMap<(u32, u32, u64), NodeId> = HashMap::new();
-    // Directories still to read: host path, path in the tree, node. Each is
-    // opened when its turn comes, so a wide tree never holds many descriptors.
-    let mut pending: Vec<(PathBuf, Vec<u8>, NodeId)> =
-        vec![(root.to_path_buf(), Vec::new(), tree.root())];
-    let mut root_fd = Some(root_fd);
-
-    while let Some((dir_path, tree_path, dir_id)) = pending.pop() {
-        let dir_fd = match root_fd.take() {
-            Some(fd) => fd,
-            None => open_dir(CWD, &dir_path).with_context(|| cannot_read(&dir_path))?,
+    let mut pending: Vec<(NodeId, std::vec::IntoIter<Loaded>)> =
+        vec![(root_id, listing.entries.into_iter())];
+    while let Some((dir_id, entries)) = pending.last_mut() {
+        let dir_id = *dir_id;
+        let Some(entry) = entries.next() else {
+            pending.pop();
+            continue;
         };
-        tree.node_mut(dir_id).meta.xattrs = xattrs.read(XattrsOf::Fd(dir_fd.as_fd()), &dir_path)?;
-        let mut names: Vec<CString> = Vec::new();
-        for entry in Dir::read_from(&dir_fd)
-            .map_err(io::Error::from)
-            .with_context(|| cannot_read(&dir_path))?
-        {
-            let entry = entry.map_err(io::Error::from).with_context(|| cannot_read(&dir_path))?;
-            let name = entry.file_name();
-            if name != c"." && name != c".." {
-                names.push(name.to_owned());
-            }
-        }
-        // Sorted so that hard links and errors come out the same whatever the
-        // order `readdir` returned.
-        names.sort_unstable_by(|a, b| a.as_bytes().cmp(b.as_bytes()));
-
-        for c_name in names {
-            let name = c_name.as_bytes();
-            let mut entry_tree_path = tree_path.clone();
-            if !entry_tree_path.is_empty() {
-                entry_tree_path.push(b'/');
-            }
-            entry_tree_path.extend_from_slice(name);
-            if is_excluded(opts, &entry_tree_path) {
-                continue;
-            }
-            let host_path = dir_path.join(OsStr::from_bytes(name));
-            // One stat per entry, relative to the open directory, links not followed.
-            let stat = statx(&dir_fd, &c_name, AtFlags::SYMLINK_NOFOLLOW, StatxFlags::BASIC_STATS)
-                .map_err(io::Error::from)
-                .with_context(|| format!("cannot stat '{}'", host_path.display()))?;
-            let file_type = FileType::from_raw_mode(u32::from(stat.stx_mode));
-            let inode = (stat.stx_dev_major, stat.stx_dev_minor, stat.stx_ino);
-
-            if file_type != FileType::Directory && stat.stx_nlink > 1 {
-                if let Some(&first) = inodes.get(&inode) {
-                    tree.link(dir_id, name, first).with_context(|| {
-                        format!("cannot add '{}' to the tree", host_path.display())
-                    })?;
-                    continue;
-                }
-            }
-
-            let mut meta = metadata_of(&stat);
-            let kind = match file_type {
-                // Its xattrs are read when it is opened to list its entries.
-                FileType::Directory => NodeKind::Directory(BTreeMap::new()),
-                FileType::RegularFile => {
-                    // Opened once now so that an unreadable file fails the load,
-                    // naming it; its xattrs are read through the same descriptor.
-                    let file = openat(
-                        &dir_fd,
-                        &c_name,
-                        OFlags::RDONLY | OFlags::CLOEXEC | OFlags::NOFOLLOW | OFlags::NOCTTY,
-                        Mode::empty(),
-                    )
-                    .map_err(io::Error::from)
-                    .with_context(|| format!("cannot read '{}'", host_path.display()))?;
-                    meta.xattrs = xattrs.read(XattrsOf::Fd(file.as_fd()), &host_path)?;
-                    let file = File::from(file);
-                    let len = stat.stx_size;
-                    let content = if len == 0 {
-                        Content::empty()
-                    } else if len <= INLINE_MAX.min(inline_left) {
-                        inline_left -= len;
-                        Content::Bytes(Arc::from(read_whole(&file, len, &host_path)?))
-                    } else {
-                        let ranges = data_ranges_of(&file, len)
-                            .with_context(|| format!("cannot read '{}'", host_path.display()))?;
-                        Content::Source(Arc::new(HostFile {
-                            path: host_path.clone(),
-                            len,
-                            ranges: Some(ranges),
-                        }))
-                    };
-                    NodeKind::File(content)
-                }
-                FileType::Symlink => {
-                    let target = readlinkat(&dir_fd, &c_name, Vec::new())
-                        .map_err(io::Error::from)
-                        .with_context(|| {
-                            format!("cannot read the symbolic link '{}'", host_path.display())
-                        })?;
-                    NodeKind::Symlink(target.into_bytes())
-                }
-                FileType::CharacterDevice => {
-                    NodeKind::CharDevice { major: stat.stx_rdev_major, minor: stat.stx_rdev_minor }
-                }
-                FileType::BlockDevice => {
-                    NodeKind::BlockDevice { major: stat.stx_rdev_major, minor: stat.stx_rdev_minor }
-                }
-                FileType::Fifo => NodeKind::Fifo,
-                FileType::Socket => NodeKind::Socket,
-                FileType::Unknown => {
-                    anyhow::bail!("'{}' has a file type abforge does not know", host_path.display())
-                }
-            };
-            if !matches!(kind, NodeKind::Directory(_) | NodeKind::File(_)) {
-                // Not opened (a FIFO or device must not be): xattrs by path.
-                meta.xattrs = xattrs.read(XattrsOf::Path(&host_path), &host_path)?;
-            }
-            let is_dir = kind.is_dir();
-            let id = tree.add(dir_id, name, Node { meta, kind }).with_context(|| {
+        let added = |tree: &mut FileTree, node: Node| {
+            tree.add(dir_id, &entry.name, node).with_context(|| {
                 format!(
                     "cannot add '{}' ({}) to the tree",
-                    host_path.display(),
-                    show(&entry_tree_path)
+                    entry.host_path.display(),
+                    show(&entry.tree_path)
                 )
-            })?;
-            if is_dir {
-                pending.push((host_path, entry_tree_path, id));
-            } else if stat.stx_nlink > 1 {
-                inodes.insert(inode, id);
+            })
+        };
+        if let Some(inode) = entry.hard_link {
+            if let Some(&first) = inodes.get(&inode) {
+                tree.link(dir_id, &entry.name, first).with_context(|| {
+                    format!("cannot add '{}' to the tree", entry.host_path.display())
+                })?;
+                continue;
+            }
+        }
+        match entry.what {
+            What::Directory(listing) => {
+                let mut meta = entry.meta;
+                meta.xattrs = listing.xattrs;
+                let node = Node { meta, kind: NodeKind::Directory(BTreeMap::new()) };
+                let id = added(&mut tree, node)?;
+                pending.push((id, listing.entries.into_iter()));
+            }
+            What::Other(kind) => {
+                let id = added(&mut tree, Node { meta: entry.meta, kind })?;
+                if let Some(inode) = entry.hard_link {
+                    inodes.insert(inode, id);
+                }
             }
         }
     }
     Ok(tree)
 }
 
-/// The `len` bytes of a small file, read through its descriptor; a file that
-/// changed length since its `statx` is an error naming it.
-fn read_whole(file: &File, len: u64, path: &Path) -> anyhow::Result<Vec<u8>> {
+impl Loader<'_> {
+    /// Reads the open directory `dir_fd` (at `dir_path` on the host, `tree_path` in
+    /// the tree), then its subdirectories, in parallel. Of several failures, the
+    /// first in canonical order is reported.
+    fn read_dir(
+        &self,
+        dir_fd: OwnedFd,
+        dir_path: &Path,
+        tree_path: &[u8],
+    ) -> anyhow::Result<Listing> {
+        let cannot_read = || format!("cannot read the directory '{}'", dir_path.display());
+        let xattrs = XattrReader::default().read(XattrsOf::Fd(dir_fd.as_fd()), dir_path)?;
+        // Names with the type the listing gives (a hint: looked at again below).
+        let mut names: Vec<(CString, FileType)> = Vec::new();
+        for entry in Dir::read_from(&dir_fd).map_err(io::Error::from).with_context(cannot_read)? {
+            let entry = entry.map_err(io::Error::from).with_context(cannot_read)?;
+            let name = entry.file_name();
+            if name != c"." && name != c".." {
+                names.push((name.to_owned(), entry.file_type()));
+            }
+        }
+        names.sort_unstable_by(|a, b| a.0.as_bytes().cmp(b.0.as_bytes()));
+
+        // The entries first, with the directory open; subdirectories are opened
+        // (and read) only after it is closed, so a directory with many
+        // subdirectories does not hold a descriptor for each.
+        let loaded: Vec<anyhow::Result<Option<Loaded>>> = names
+            .par_iter()
+            .with_min_len(16)
+            .map_init(Scratch::default, |scratch, (name, listed)| {
+                self.read_entry(dir_fd.as_fd(), dir_path, tree_path, name, *listed, scratch)
+            })
+            .collect();
+        drop(dir_fd);
+        let mut entries = Vec::with_capacity(loaded.len());
+        let mut subdirs = Vec::new();
+        for result in loaded {
+            if let Some(entry) = result? {
+                if matches!(entry.what, What::Directory(_)) {
+                    subdirs.push(entries.len());
+                }
+                entries.push(entry);
+            }
+        }
+        let listings: Vec<(usize, anyhow::Result<Listing>)> = subdirs
+            .into_par_iter()
+            .map(|index| {
+                let entry = &entries[index];
+                let listing = open_subdir(&entry.host_path)
+                    .with_context(|| {
+                        format!("cannot read the directory '{}'", entry.host_path.display())
+                    })
+                    .and_then(|fd| self.read_dir(fd, &entry.host_path, &entry.tree_path));
+                (index, listing)
+            })
+            .collect();
+        for (index, listing) in listings {
+            entries[index].what = What::Directory(listing?);
+        }
+        Ok(Listing { xattrs, entries })
+    }
+
+    /// Reads the entry `name` of the open directory `dir_fd` (`listed`: the type the
+    /// listing gave); `None` when excluded. A directory comes back empty, its
+    /// contents still to read.
+    fn read_entry(
+        &self,
+        dir_fd: BorrowedFd<'_>,
+        dir_path: &Path,
+        tree_path: &[u8],
+        c_name: &CString,
+        listed: FileType,
+        scratch: &mut Scratch,
+    ) -> anyhow::Result<Option<Loaded>> {
+        let xattrs = &mut scratch.xattrs;
+        let name = c_name.as_bytes();
+        let mut entry_tree_path = Vec::with_capacity(tree_path.len() + 1 + name.len());
+        entry_tree_path.extend_from_slice(tree_path);
+        if !entry_tree_path.is_empty() {
+            entry_tree_path.push(b'/');
+        }
+        entry_tree_path.extend_from_slice(name);
+        if is_excluded(self.opts, &entry_tree_path) {
+            return Ok(None);
+        }
+        let host_path = dir_path.join(OsStr::from_bytes(name));
+        // One stat per entry, never following a link. A file listed as regular is
+        // opened first and looked at through its descriptor (one name lookup, not
+        // two); the stat says what it really is, and anything else, or a failure,
+        // goes the general way: a stat relative to the open directory.
+        let mut opened = None;
+        if listed == FileType::RegularFile {
+            let flags = OFlags::RDONLY | OFlags::CLOEXEC | OFlags::NOFOLLOW | OFlags::NOCTTY;
+            // NONBLOCK: should a FIFO have taken the file's place, opening it does not wait.
+            if let Ok(fd) = openat(dir_fd, c_name, flags | OFlags::NONBLOCK, Mode::empty()) {
+                match statx(&fd, c"", AtFlags::EMPTY_PATH, StatxFlags::BASIC_STATS) {
+                    Ok(stat) if FileType::from_raw_mode(u32::from(stat.stx_mode)).is_file() => {
+                        opened = Some((fd, stat));
+                    }
+                    _ => {}
+                }
+            }
+        }
+        let (opened, stat) = match opened {
+            Some((fd, stat)) => (Some(fd), stat),
+            None => {
+                let stat =
+                    statx(dir_fd, c_name, AtFlags::SYMLINK_NOFOLLOW, StatxFlags::BASIC_STATS)
+                        .map_err(io::Error::from)
+                        .with_context(|| format!("cannot stat '{}'", host_path.display()))?;
+                (None, stat)
+            }
+        };
+        let file_type = FileType::from_raw_mode(u32::from(stat.stx_mode));
+        let hard_link = (file_type != FileType::Directory && stat.stx_nlink > 1).then_some((
+            stat.stx_dev_major,
+            stat.stx_dev_minor,
+            stat.stx_ino,
+        ));
+        let mut meta = metadata_of(&stat);
+        let kind = match file_type {
+            // Its xattrs are read when it is read.
+            FileType::Directory => NodeKind::Directory(BTreeMap::new()),
+            FileType::RegularFile => {
+                // Opened once now so that an unreadable file fails the load,
+                // naming it; its xattrs are read through the same descriptor.
+                let file = match opened {
+                    Some(fd) => fd,
+                    None => openat(
+                        dir_fd,
+                        c_name,
+                        OFlags::RDONLY | OFlags::CLOEXEC | OFlags::NOFOLLOW | OFlags::NOCTTY,
+                        Mode::empty(),
+                    )
+                    .map_err(io::Error::from)
+                    .with_context(|| format!("cannot read '{}'", host_path.display()))?,
+                };
+                meta.xattrs = xattrs.read(XattrsOf::Fd(file.as_fd()), &host_path)?;
+                let file = File::from(file);
+                let len = stat.stx_size;
+                let content = if len == 0 {
+                    Content::empty()
+                } else if len <= INLINE_MAX && self.take_inline(len) {
+                    Content::Bytes(read_whole(&file, len, &host_path, &mut scratch.content)?)
+                } else {
+                    let ranges = data_ranges_of(&file, len)
+                        .with_context(|| format!("cannot read '{}'", host_path.display()))?;
+                    Content::Source(Arc::new(HostFile {
+                        path: host_path.clone(),
+                        len,
+                        ranges: Some(ranges),
+                    }))
+                };
+                NodeKind::File(content)
+            }
+            FileType::Symlink => {
+                let target =
+                    readlinkat(dir_fd, c_name, Vec::new()).map_err(io::Error::from).with_context(
+                        || format!("cannot read the symbolic link '{}'", host_path.display()),
+                    )?;
+                NodeKind::Symlink(target.into_bytes())
+            }
+            FileType::CharacterDevice => {
+                NodeKind::CharDevice { major: stat.stx_rdev_major, minor: stat.stx_rdev_minor }
+            }
+            FileType::BlockDevice => {
+                NodeKind::BlockDevice { major: stat.stx_rdev_major, minor: stat.stx_rdev_minor }
+            }
+            FileType::Fifo => NodeKind::Fifo,
+            FileType::Socket => NodeKind::Socket,
+            FileType::Unknown => {
+                anyhow::bail!("'{}' has a file type abforge does not know", host_path.display())
+            }
+        };
+        if !matches!(kind, NodeKind::Directory(_) | NodeKind::File(_)) {
+            // Not opened (a FIFO or device must not be): xattrs by path.
+            meta.xattrs = xattrs.read(XattrsOf::Path(&host_path), &host_path)?;
+        }
+        let what = match kind {
+            NodeKind::Directory(_) => {
+                What::Directory(Listing { xattrs: BTreeMap::new(), entries: Vec::new() })
+            }
+            kind => What::Other(kind),
+        };
+        let loaded = Loaded {
+            name: name.to_vec(),
+            tree_path: entry_tree_path,
+            host_path,
+            meta,
+            hard_link,
+            what,
+        };
+        Ok(Some(loaded))
+    }
+
+    /// Takes `len` bytes from the small-file budget, if that many are left.
+    fn take_inline(&self, len: u64) -> bool {
+        self.inline_left
+            .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |left| left.checked_sub(len))
+            .is_ok()
+    }
+}
+
+/// Buffers one loading thread reuses from entry to entry.
+#[derive(Default)]
+struct Scratch {
+    xattrs: XattrReader,
+    content: Vec<u8>,
+}
+
+/// The `len` bytes of a small file, read through its descriptor (into `scratch`,
+/// then copied once to their final place); a file that changed length since its
+/// `statx` is an error naming it.
+fn read_whole(
+    file: &File,
+    len: u64,
+    path: &Path,
+    scratch: &mut Vec<u8>,
+) -> anyhow::Result<Arc<[u8]>> {
     // `len` is at most INLINE_MAX.
-    let mut bytes = vec![0u8; usize::try_from(len).unwrap_or(0)];
+    let len = usize::try_from(len).unwrap_or(0);
+    if scratch.len() < len {
+        scratch.resize(len, 0);
+    }
+    let bytes = &mut scratch[..len];
     let mut done = 0;
     while done < bytes.len() {
         match file.read_at(&mut bytes[done..], done as u64) {
@@ -211,7 +387,7 @@ fn read_whole(file: &File, len: u64, path: &Path) -> anyhow::Result<Vec<u8>> {
             }
         }
     }
-    Ok(bytes)
+    Ok(Arc::from(&bytes[..]))
 }
 
 /// Byte ranges of `file` (first `len` bytes) that may hold data, from
@@ -243,9 +419,17 @@ fn data_ranges_of(file: &File, len: u64) -> io::Result<Vec<Range<u64>>> {
     Ok(ranges)
 }
 
+/// Opens the source root (a symbolic link the user named is followed).
 fn open_dir(at: impl AsFd, path: &Path) -> io::Result<OwnedFd> {
     let flags = OFlags::RDONLY | OFlags::DIRECTORY | OFlags::CLOEXEC;
     Ok(openat(at, path, flags, Mode::empty())?)
+}
+
+/// Opens a directory inside the source, never through a symbolic link in its last
+/// component (one put there since it was listed is refused).
+fn open_subdir(path: &Path) -> io::Result<OwnedFd> {
+    let flags = OFlags::RDONLY | OFlags::DIRECTORY | OFlags::NOFOLLOW | OFlags::CLOEXEC;
+    Ok(openat(CWD, path, flags, Mode::empty())?)
 }
 
 fn metadata_of(stat: &Statx) -> Metadata {

@@ -1,12 +1,14 @@
 //! The write pass: one walk over the inodes in number order, allocating and writing
 //! each one's blocks, then the inode tables, bitmaps, descriptors and superblocks.
 //!
-//! File data is read ahead by two threads (files dealt in turn) in 1 MiB chunks and
-//! taken in the order the files are written, so reading overlaps writing; all-zero
-//! blocks become holes; consecutive blocks are coalesced into large positioned writes
-//! done by a third thread. Inode table blocks are written
-//! as soon as a group's inodes are done, so memory stays bounded by one group's
-//! table and one directory.
+//! File data held in a host file is read ahead by two threads (files dealt in turn)
+//! in 1 MiB chunks and taken in the order the files are written, so reading overlaps
+//! writing; content already in memory is taken as it is. All-zero blocks become
+//! holes; consecutive blocks are coalesced into large positioned writes done by
+//! [`WRITERS`] threads, with direct I/O when the sink allows it ([`Sink`]). Every
+//! block is written once, so the order in which those threads finish does not matter. Inode table
+//! blocks are written as soon as a group's inodes are done, so memory stays bounded
+//! by one group's table and one directory.
 //!
 //! Why the plan's margin is enough: a hole found in a file only ever replaces a data
 //! block with at most one more extent, and one more extent adds at most one tree
@@ -23,8 +25,15 @@ use super::{FIRST_INO, INODE_SIZE, JOURNAL_INO, ROOT_INO};
 use super::{checksum, dir, journal, xattr};
 use crate::FileRegion;
 use crate::tree::{Content, NodeKind};
+use rustix::fs::FallocateFlags;
 use std::collections::VecDeque;
+use std::fs::File;
+use std::io;
+use std::os::fd::AsRawFd;
+use std::os::unix::fs::FileExt;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc::{Receiver, SyncSender, sync_channel};
+use std::sync::{Arc, Mutex, PoisonError};
 
 /// Threads reading file content ahead (files are dealt to them in turn).
 const READERS: usize = 2;
@@ -32,33 +41,84 @@ const READERS: usize = 2;
 /// Batches each reader thread may have in flight.
 const READ_AHEAD: usize = 8;
 
-/// Coalesced buffers queued for the writer thread.
+/// Threads writing the coalesced buffers: direct writes wait for the device, and
+/// several in flight keep it busier.
+const WRITERS: usize = 3;
+
+/// Coalesced buffers queued for the writer threads.
 const WRITES_IN_FLIGHT: usize = 4;
 
 /// Largest coalesced write.
 const WRITE_BUFFER: usize = 4 << 20;
 
+/// Alignment of the buffers, file offsets and lengths of direct I/O: one block,
+/// a multiple of every device's logical sector size in use (512 or 4096).
+const DIRECT_ALIGN: usize = BLOCK_SIZE_USIZE;
+
+/// A write buffer of up to [`WRITE_BUFFER`] bytes starting at an address aligned
+/// for direct I/O (a `Vec<u8>` only promises byte alignment, so the bytes start a
+/// little into a larger allocation).
+struct IoBuf {
+    raw: Vec<u8>,
+    /// Where the aligned bytes start in `raw`.
+    head: usize,
+    len: usize,
+}
+
+impl IoBuf {
+    fn new() -> IoBuf {
+        let raw = vec![0u8; WRITE_BUFFER + DIRECT_ALIGN];
+        let head = (DIRECT_ALIGN - raw.as_ptr().addr() % DIRECT_ALIGN) % DIRECT_ALIGN;
+        IoBuf { raw, head, len: 0 }
+    }
+
+    fn room(&self) -> usize {
+        WRITE_BUFFER - self.len
+    }
+
+    /// Appends `data` (at most `room()` bytes) and zeros up to the next block boundary.
+    fn push_block_padded(&mut self, data: &[u8]) {
+        let at = self.head + self.len;
+        let padded = data.len().next_multiple_of(BLOCK_SIZE_USIZE);
+        self.raw[at..at + data.len()].copy_from_slice(data);
+        self.raw[at + data.len()..at + padded].fill(0);
+        self.len += padded;
+    }
+
+    fn bytes(&self) -> &[u8] {
+        &self.raw[self.head..self.head + self.len]
+    }
+}
+
 /// Coalesces writes of consecutive blocks and hands full buffers to the writer
 /// thread, so checking and copying overlap with the kernel's write.
 struct BlockWriter {
     start: u64,
-    buf: Vec<u8>,
-    to_disk: SyncSender<(u64, Vec<u8>)>,
-    spare: Receiver<Vec<u8>>,
+    buf: IoBuf,
+    to_disk: SyncSender<(u64, IoBuf)>,
+    spare: Receiver<IoBuf>,
 }
 
 impl BlockWriter {
+    /// Queues `data` for the blocks from `block` on; a partial last block is padded
+    /// with zeros.
     fn write(&mut self, block: u64, data: &[u8]) -> Result<(), Ext4Error> {
-        let pending_blocks = (self.buf.len() / BLOCK_SIZE_USIZE) as u64;
-        if !self.buf.is_empty()
-            && (self.start + pending_blocks != block || self.buf.len() + data.len() > WRITE_BUFFER)
-        {
-            self.flush()?;
+        let mut block = block;
+        let mut data = data;
+        while !data.is_empty() {
+            let pending_blocks = (self.buf.len / BLOCK_SIZE_USIZE) as u64;
+            if self.buf.len > 0 && (self.start + pending_blocks != block || self.buf.room() == 0) {
+                self.flush()?;
+            }
+            if self.buf.len == 0 {
+                self.start = block;
+            }
+            // Whole blocks, the room being a multiple of the block size.
+            let take = data.len().min(self.buf.room());
+            self.buf.push_block_padded(&data[..take]);
+            block += take.div_ceil(BLOCK_SIZE_USIZE) as u64;
+            data = &data[take..];
         }
-        if self.buf.is_empty() {
-            self.start = block;
-        }
-        self.buf.extend_from_slice(data);
         Ok(())
     }
 
@@ -73,33 +133,110 @@ impl BlockWriter {
     }
 
     fn flush(&mut self) -> Result<(), Ext4Error> {
-        if self.buf.is_empty() {
+        if self.buf.len == 0 {
             return Ok(());
         }
-        let next = self.spare.try_recv().unwrap_or_else(|_| Vec::with_capacity(WRITE_BUFFER));
+        let next = self.spare.try_recv().unwrap_or_else(|_| IoBuf::new());
         let full = std::mem::replace(&mut self.buf, next);
-        // The writer thread only hangs up after a failed write, which it reports itself.
+        // The writer threads only hang up after a failed write, which they report.
         self.to_disk.send((self.start, full)).map_err(|_| Ext4Error::Write {
             block: self.start,
-            source: std::io::Error::other("the writer thread stopped"),
+            source: io::Error::other("the writer thread stopped"),
         })
     }
 }
 
-/// The writer thread: positioned writes of coalesced buffers, in order.
+/// Where the writer thread puts the blocks: the region, through a second descriptor
+/// of its file opened with `O_DIRECT` when [`Ext4Options::direct_io`] asks for it and
+/// the file allows it. Direct writes go from the buffer to the device without a copy
+/// into the page cache (the larger part of the time for a big tree, and of memory
+/// pressure), and leave nothing for the final `fsync` to write. Positioned writes
+/// through the region are the fallback: when the region does not start on a block
+/// boundary, when the file cannot be reopened (no `/proc`, a file system without
+/// `O_DIRECT`), or when a direct write is refused with `EINVAL` (alignment rules of
+/// the device); the bytes written are the same either way.
+pub(crate) struct Sink<'a> {
+    region: FileRegion<'a>,
+    direct: Option<File>,
+    /// Set when a direct write was refused: everything goes through `region` after.
+    direct_refused: AtomicBool,
+}
+
+impl<'a> Sink<'a> {
+    pub(crate) fn new(region: FileRegion<'a>, direct_io: bool) -> Sink<'a> {
+        let aligned = region.offset() % BLOCK_SIZE == 0;
+        let direct = if direct_io && aligned { reopen_direct(region.file()) } else { None };
+        Sink { region, direct, direct_refused: AtomicBool::new(false) }
+    }
+
+    fn write(&self, block: u64, data: &[u8]) -> io::Result<()> {
+        let offset = block.checked_mul(BLOCK_SIZE).ok_or_else(|| io::Error::other("overflow"))?;
+        let end = offset.checked_add(data.len() as u64);
+        let inside = end.is_some_and(|end| end <= self.region.len());
+        if let Some(file) = self.direct.as_ref().filter(|_| inside) {
+            if !self.direct_refused.load(Ordering::Relaxed) {
+                // The region starts on a block boundary (checked in `new`), so this is
+                // aligned as `offset` is.
+                let at = self.region.offset() + offset;
+                // Allocating the range first makes the write an overwrite, which
+                // ext4 lets several threads do at once (a write into a hole holds the
+                // file's lock until it completes). The range is written right after,
+                // so the file is as sparse as without; where this is not supported
+                // the write simply allocates.
+                let len = data.len() as u64;
+                let _ = rustix::fs::fallocate(file, FallocateFlags::KEEP_SIZE, at, len);
+                match file.write_all_at(data, at) {
+                    Ok(()) => return Ok(()),
+                    // Direct I/O refused: write through the page cache from now on.
+                    Err(err)
+                        if err.raw_os_error() == Some(rustix::io::Errno::INVAL.raw_os_error()) =>
+                    {
+                        self.direct_refused.store(true, Ordering::Relaxed);
+                    }
+                    Err(err) => return Err(err),
+                }
+            }
+        }
+        // Also reports a write outside the region.
+        self.region.write_all_at(data, offset)
+    }
+}
+
+/// A second, write-only descriptor of `file` with `O_DIRECT`, through
+/// `/proc/self/fd` (which also reaches an unlinked scratch file); `None` when that
+/// is not possible.
+fn reopen_direct(file: &File) -> Option<File> {
+    use rustix::fs::{Mode, OFlags};
+    let path = format!("/proc/self/fd/{}", file.as_raw_fd());
+    let flags = OFlags::WRONLY | OFlags::DIRECT | OFlags::CLOEXEC;
+    let fd = rustix::fs::open(path, flags, Mode::empty()).ok()?;
+    Some(File::from(fd))
+}
+
+/// A writer thread: positioned writes of coalesced buffers, taken from the queue
+/// shared by all writer threads. The first failure stops every writer (`failed`);
+/// once they are all gone the queue is dropped, so the main thread's next send fails
+/// instead of waiting forever, and the failure is reported by the thread's join.
 fn write_to_disk(
-    region: FileRegion<'_>,
-    buffers: Receiver<(u64, Vec<u8>)>,
-    spare: SyncSender<Vec<u8>>,
+    sink: &Sink<'_>,
+    queue: &Mutex<Receiver<(u64, IoBuf)>>,
+    spare: SyncSender<IoBuf>,
+    failed: &AtomicBool,
 ) -> Result<(), Ext4Error> {
-    for (block, mut data) in buffers {
-        region
-            .write_all_at(&data, block * BLOCK_SIZE)
-            .map_err(|source| Ext4Error::Write { block, source })?;
-        data.clear();
+    loop {
+        if failed.load(Ordering::Relaxed) {
+            return Ok(());
+        }
+        // Receiving cannot panic, so the lock is never poisoned in practice.
+        let next = queue.lock().unwrap_or_else(PoisonError::into_inner).recv();
+        let Ok((block, mut data)) = next else { return Ok(()) };
+        if let Err(source) = sink.write(block, data.bytes()) {
+            failed.store(true, Ordering::Relaxed);
+            return Err(Ext4Error::Write { block, source });
+        }
+        data.len = 0;
         let _ = spare.try_send(data);
     }
-    Ok(())
 }
 
 /// Fills inode tables group by group, in increasing inode order.
@@ -115,10 +252,10 @@ struct Writer<'p> {
     out: BlockWriter,
     tables: InodeTables,
     fs_seed: u32,
-    /// The reader threads; file k (counting files in inode order) comes from reader
-    /// k % READERS.
+    /// The reader threads; file k (counting the files whose content is a
+    /// [`Content::Source`], in inode order) comes from reader k % READERS.
     readers: Vec<ReaderLink>,
-    /// Files written so far.
+    /// Files taken from the readers so far.
     files_done: usize,
 }
 
@@ -177,9 +314,9 @@ impl Batcher<'_> {
     }
 }
 
-/// Reads the data ranges of every READERS-th file (starting at file `which`), in
-/// inode order, a chunk at a time, so reading overlaps with checking and writing.
-/// Stops when the writer hangs up.
+/// Reads the data ranges of every READERS-th file whose content is a
+/// [`Content::Source`] (starting at file `which`), in inode order, a chunk at a time,
+/// so reading overlaps with checking and writing. Stops when the writer hangs up.
 fn read_ahead(
     plan: &Plan<'_>,
     which: usize,
@@ -189,7 +326,7 @@ fn read_ahead(
     let mut batcher = Batcher { out, batch: Vec::new(), bytes: 0 };
     let files = plan.entries.iter().filter_map(|entry| match entry.source {
         Source::Node(id) => match &plan.tree.node(id).kind {
-            NodeKind::File(content) => Some((entry, content)),
+            NodeKind::File(content @ Content::Source(_)) => Some((entry, content)),
             _ => None,
         },
         _ => None,
@@ -248,6 +385,13 @@ pub(crate) fn write(
     opts: &Ext4Options,
     region: FileRegion<'_>,
 ) -> Result<Ext4Summary, Ext4Error> {
+    let (disk_tx, disk_rx) = sync_channel(WRITES_IN_FLIGHT);
+    let (buffer_tx, buffer_rx) = sync_channel(WRITES_IN_FLIGHT + WRITERS + 1);
+    let sink = Sink::new(region, opts.direct_io);
+    let failed = AtomicBool::new(false);
+    let (sink, failed) = (&sink, &failed);
+    // Held by the writer threads only: it goes away when the last of them ends.
+    let queue = Arc::new(Mutex::new(disk_rx));
     std::thread::scope(|scope| {
         let mut readers = Vec::with_capacity(READERS);
         for which in 0..READERS {
@@ -260,9 +404,13 @@ pub(crate) fn write(
                 spare: spare_tx,
             });
         }
-        let (disk_tx, disk_rx) = sync_channel(WRITES_IN_FLIGHT);
-        let (buffer_tx, buffer_rx) = sync_channel(WRITES_IN_FLIGHT + 2);
-        let disk = scope.spawn(move || write_to_disk(region, disk_rx, buffer_tx));
+        let disks: Vec<_> = (0..WRITERS)
+            .map(|_| {
+                let (queue, spare) = (Arc::clone(&queue), buffer_tx.clone());
+                scope.spawn(move || write_to_disk(sink, &queue, spare, failed))
+            })
+            .collect();
+        drop((queue, buffer_tx));
         let result = (|| {
             let mut writer = Writer {
                 plan,
@@ -270,7 +418,7 @@ pub(crate) fn write(
                 opts,
                 out: BlockWriter {
                     start: 0,
-                    buf: Vec::with_capacity(WRITE_BUFFER),
+                    buf: IoBuf::new(),
                     to_disk: disk_tx,
                     spare: buffer_rx,
                 },
@@ -288,12 +436,16 @@ pub(crate) fn write(
             // Consuming the writer hangs up on both threads (also on an early error).
             writer.finish()
         })();
-        let written = disk.join().unwrap_or_else(|_| {
-            Err(Ext4Error::Write {
-                block: 0,
-                source: std::io::Error::other("the writer thread panicked"),
-            })
-        });
+        let mut written = Ok(());
+        for disk in disks {
+            let result = disk.join().unwrap_or_else(|_| {
+                Err(Ext4Error::Write {
+                    block: 0,
+                    source: io::Error::other("a writer thread panicked"),
+                })
+            });
+            written = written.and(result);
+        }
         // A failed write is the root cause of whatever the main loop reported.
         written.and(result)
     })
@@ -449,7 +601,14 @@ impl Writer<'_> {
             }
             NodeKind::File(content) => {
                 inode.size = content.len();
-                let list = self.write_file(entry)?;
+                let list = match content {
+                    Content::Bytes(bytes) => {
+                        let mut list = ExtentList::default();
+                        self.put_data(entry, &mut list, 0, bytes)?;
+                        list
+                    }
+                    Content::Source(_) => self.write_file(entry)?,
+                };
                 self.finish_extents(entry, &list, &mut inode)?;
             }
             NodeKind::Symlink(target) => {
@@ -490,33 +649,47 @@ impl Writer<'_> {
                 Some(Piece::Failed(error)) => return Err(error),
                 None => continue,
             };
-            let blocks: Vec<&[u8]> = data.chunks_exact(BLOCK_SIZE_USIZE).collect();
-            let mut i = 0;
-            while i < blocks.len() {
-                if plan::is_zero(blocks[i]) {
-                    i += 1;
-                    continue;
-                }
-                let mut j = i + 1;
-                while j < blocks.len() && !plan::is_zero(blocks[j]) {
-                    j += 1;
-                }
-                // Blocks i..j hold data: allocate (maybe in pieces) and write.
-                while i < j {
-                    let run = self.alloc((j - i) as u64, entry)?;
-                    let len = usize::try_from(run.end - run.start).unwrap_or(0);
-                    list.push(block + i as u64, run.start, run.end - run.start);
-                    let start = i * BLOCK_SIZE_USIZE;
-                    self.out.write(run.start, &data[start..start + len * BLOCK_SIZE_USIZE])?;
-                    i += len;
-                }
-            }
-            drop(blocks);
+            self.put_data(entry, &mut list, block, &data)?;
             // A full spare queue just means the buffer is freed.
             if data.capacity() >= BLOCK_SIZE_USIZE * 256 {
                 let _ = self.readers[r].spare.try_send(data);
             }
         }
+    }
+
+    /// Allocates and queues the blocks of `data` (file content from logical block
+    /// `block`; a partial last block reads as zero-padded) that are not all zeros,
+    /// recording them in `list`.
+    fn put_data(
+        &mut self,
+        entry: &Entry,
+        list: &mut ExtentList,
+        block: u64,
+        data: &[u8],
+    ) -> Result<(), Ext4Error> {
+        let blocks: Vec<&[u8]> = data.chunks(BLOCK_SIZE_USIZE).collect();
+        let mut i = 0;
+        while i < blocks.len() {
+            if plan::is_zero(blocks[i]) {
+                i += 1;
+                continue;
+            }
+            let mut j = i + 1;
+            while j < blocks.len() && !plan::is_zero(blocks[j]) {
+                j += 1;
+            }
+            // Blocks i..j hold data: allocate (maybe in pieces) and write.
+            while i < j {
+                let run = self.alloc((j - i) as u64, entry)?;
+                let len = usize::try_from(run.end - run.start).unwrap_or(0);
+                list.push(block + i as u64, run.start, run.end - run.start);
+                let start = i * BLOCK_SIZE_USIZE;
+                let end = ((i + len) * BLOCK_SIZE_USIZE).min(data.len());
+                self.out.write(run.start, &data[start..end])?;
+                i += len;
+            }
+        }
+        Ok(())
     }
 
     fn put_inode(&mut self, ino: u32, bytes: &[u8; INODE_SIZE]) -> Result<(), Ext4Error> {
@@ -674,4 +847,117 @@ impl Writer<'_> {
 fn log_groups_per_flex(groups: u32) -> u8 {
     let bits = u32::BITS - groups.saturating_sub(1).leading_zeros();
     u8::try_from(bits.max(4)).unwrap_or(31)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::ext4;
+    use crate::tree::{ContentSource, FileTree, Metadata, Node, Timestamp};
+    use std::collections::BTreeMap;
+    use std::sync::Arc;
+
+    /// 9 MiB of content (more than two write buffers) with an all-zero stretch in
+    /// the middle, so the writes are split around a hole.
+    #[derive(Debug)]
+    struct Pattern;
+
+    impl ContentSource for Pattern {
+        fn len(&self) -> u64 {
+            (9 << 20) + 100
+        }
+
+        fn read_at(&self, buf: &mut [u8], offset: u64) -> io::Result<usize> {
+            let n = buf.len().min(usize::try_from(self.len() - offset.min(self.len())).unwrap());
+            for (i, byte) in buf[..n].iter_mut().enumerate() {
+                let at = offset + i as u64;
+                let in_hole = (3 << 20..5 << 20).contains(&at);
+                *byte = if in_hole { 0 } else { (at % 251) as u8 | 1 };
+            }
+            Ok(n)
+        }
+
+        fn describe(&self) -> String {
+            "pattern".into()
+        }
+    }
+
+    fn tree() -> FileTree {
+        let meta = |mode| Metadata::new(mode, 0, 0, Timestamp::from_seconds(1_700_000_000));
+        let mut tree = FileTree::new(meta(0o755));
+        let root = tree.root();
+        let dir = Node { meta: meta(0o755), kind: NodeKind::Directory(BTreeMap::new()) };
+        let etc = tree.add(root, b"etc", dir).unwrap();
+        for i in 0..50 {
+            let bytes: Arc<[u8]> = Arc::from(format!("file {i}\n").repeat(i * 40).as_bytes());
+            let node = Node { meta: meta(0o644), kind: NodeKind::File(Content::Bytes(bytes)) };
+            tree.add(etc, format!("f{i}").as_bytes(), node).unwrap();
+        }
+        let big =
+            Node { meta: meta(0o600), kind: NodeKind::File(Content::Source(Arc::new(Pattern))) };
+        tree.add(root, b"big", big).unwrap();
+        tree
+    }
+
+    /// The image bytes of `tree` written with `direct_io` into a region of 32 MiB
+    /// starting `offset` bytes into a sparse file.
+    fn image(dir: &tempfile::TempDir, name: &str, direct_io: bool, offset: u64) -> Vec<u8> {
+        let path = dir.path().join(name);
+        let file = File::options().read(true).write(true).create_new(true).open(&path).unwrap();
+        let len = 32 << 20;
+        file.set_len(offset + len).unwrap();
+        let opts = Ext4Options { direct_io, ..Ext4Options::default() };
+        ext4::write(&tree(), &opts, FileRegion::new(&file, offset, len)).unwrap();
+        let mut bytes = vec![0u8; usize::try_from(len).unwrap()];
+        file.read_exact_at(&mut bytes, offset).unwrap();
+        bytes
+    }
+
+    #[test]
+    fn direct_and_buffered_writes_give_the_same_bytes() {
+        let dir = tempfile::tempdir().unwrap();
+        let buffered = image(&dir, "buffered", false, 0);
+        // Direct I/O where the temporary directory allows it.
+        assert!(buffered == image(&dir, "direct", true, 0));
+        // A region not starting on a block boundary cannot take direct writes: the
+        // writer falls back to positioned writes through the region.
+        assert!(buffered == image(&dir, "unaligned", true, 512));
+        let file = File::open(dir.path().join("unaligned")).unwrap();
+        assert!(Sink::new(FileRegion::new(&file, 512, 4096), true).direct.is_none());
+    }
+
+    #[test]
+    fn a_failed_write_is_reported_not_waited_on() {
+        // A read-only descriptor: every positioned write fails (EBADF). The writer
+        // threads stop, the main thread's queue closes, and the error comes back.
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("image");
+        File::create(&path).unwrap().set_len(32 << 20).unwrap();
+        let file = File::open(&path).unwrap();
+        let err =
+            ext4::write(&tree(), &Ext4Options::default(), FileRegion::new(&file, 0, 32 << 20))
+                .unwrap_err();
+        assert!(matches!(err, Ext4Error::Write { .. }), "{err}");
+    }
+
+    #[test]
+    fn a_refused_direct_write_falls_back_to_the_region() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("image");
+        let file = File::options().read(true).write(true).create_new(true).open(&path).unwrap();
+        file.set_len(1 << 20).unwrap();
+        let sink = Sink::new(FileRegion::new(&file, 0, 1 << 20), true);
+        // Bytes at an odd address: no device takes them directly, so where direct
+        // I/O was opened, the write is refused (EINVAL) and redone through the region.
+        let backing = vec![7u8; 2 * BLOCK_SIZE_USIZE + 1];
+        let odd = usize::from(backing.as_ptr().addr() % 2 == 0);
+        let data = &backing[odd..odd + BLOCK_SIZE_USIZE];
+        sink.write(3, data).unwrap();
+        assert_eq!(sink.direct_refused.load(Ordering::Relaxed), sink.direct.is_some());
+        let mut back = vec![0u8; BLOCK_SIZE_USIZE];
+        file.read_exact_at(&mut back, 3 * BLOCK_SIZE).unwrap();
+        assert!(back == data);
+        // Outside the region is an error either way.
+        assert!(sink.write(256, &back).is_err());
+    }
 }
