@@ -14,7 +14,7 @@ use std::os::unix::fs::{FileExt, MetadataExt};
 use rayon::prelude::*;
 use rustix::fs::{SeekFrom, seek};
 
-use crate::digest::{BlockHasher, is_zero};
+use crate::digest::{Batch, BlockHasher, is_zero};
 use crate::geometry::TreeGeometry;
 use crate::sparse::{DataRuns, Run};
 use crate::{FormatOutput, VerityError, VerityParams};
@@ -22,10 +22,8 @@ use crate::{FormatOutput, VerityError, VerityParams};
 /// Data bytes per parallel task: large enough to amortise scheduling, small
 /// enough to balance two to dozens of threads.
 const TASK_BYTES: u64 = 4 << 20;
-/// Largest read buffer of one task.
+/// Largest read buffer of one worker.
 const READ_BYTES: u64 = 1 << 20;
-/// The longest digest supported (sha512), for stack buffers.
-const MAX_DIGEST_SIZE: usize = 64;
 
 fn to_usize(value: u64, what: &'static str) -> Result<usize, VerityError> {
     usize::try_from(value).map_err(|_| VerityError::Overflow { what })
@@ -130,11 +128,18 @@ impl<'a> Leaves<'a> {
     /// like level 0 from the slot of block `first`: whole hash blocks when
     /// `first` is a multiple of the hashes per block, otherwise a run of slots
     /// inside one hash block. Stops at the end of `out` or of the data.
-    fn hash_range(&self, first: u64, out: &mut [u8]) -> Result<(), VerityError> {
+    /// `buffer` is the calling worker's read buffer, reused from task to task.
+    fn hash_range(
+        &self,
+        first: u64,
+        out: &mut [u8],
+        buffer: &mut Vec<u8>,
+    ) -> Result<(), VerityError> {
         let shape = self.shape;
         let count = self.count_from(first, out.len());
-        let buffer_blocks = (READ_BYTES / self.geometry.data_block_size()).max(1);
-        let mut buffer = Vec::new();
+        // At least one block, at most READ_BYTES when blocks are smaller.
+        let buffer_blocks =
+            usize::try_from(READ_BYTES / self.geometry.data_block_size()).unwrap_or(1).max(1);
         let mut done = 0usize;
         while done < count {
             let (kind, run_end) = self.runs.run_at(first + done as u64, first + count as u64);
@@ -150,27 +155,17 @@ impl<'a> Leaves<'a> {
                 Run::Data => {
                     let mut next = done;
                     while next < done + run_len {
-                        let blocks = (done + run_len - next)
-                            .min(usize::try_from(buffer_blocks).unwrap_or(1));
-                        // At most READ_BYTES, or one block.
+                        let blocks = (done + run_len - next).min(buffer_blocks);
                         let bytes = blocks * shape.data_block_size;
-                        buffer.resize(bytes, 0);
+                        if buffer.len() < bytes {
+                            buffer.resize(bytes, 0);
+                        }
                         let offset = self.data_offset
                             + (first + next as u64) * self.geometry.data_block_size();
                         self.data
                             .read_exact_at(&mut buffer[..bytes], offset)
                             .map_err(VerityError::io("reading the data", offset))?;
-                        for (index, data_block) in
-                            buffer[..bytes].chunks_exact(shape.data_block_size).enumerate()
-                        {
-                            let at = shape.slot_offset(next + index);
-                            let slot = &mut out[at..at + shape.digest_size];
-                            if is_zero(data_block) {
-                                slot.copy_from_slice(&self.zero_digest);
-                            } else {
-                                self.hasher.digest_into(data_block, slot);
-                            }
-                        }
+                        self.hash_blocks(&buffer[..bytes], next, out);
                         next += blocks;
                     }
                 }
@@ -178,6 +173,28 @@ impl<'a> Leaves<'a> {
             done += run_len;
         }
         Ok(())
+    }
+
+    /// Hashes the whole data blocks of `data` into `out` from the slot of
+    /// the `relative`-th block on. A zero block takes the precomputed digest;
+    /// a block equal to the one before it takes that one's digest.
+    fn hash_blocks(&self, data: &[u8], relative: usize, out: &mut [u8]) {
+        let Shape { data_block_size, digest_size, .. } = self.shape;
+        let mut batch = Batch::new(self.hasher);
+        let mut previous: Option<(&[u8], usize)> = None;
+        for (index, block) in data.chunks_exact(data_block_size).enumerate() {
+            let at = self.shape.slot_offset(relative + index);
+            if is_zero(block) {
+                out[at..at + digest_size].copy_from_slice(&self.zero_digest);
+            } else if let Some((_, source)) = previous.filter(|&(before, _)| before == block) {
+                batch.flush(out);
+                out.copy_within(source..source + digest_size, at);
+            } else {
+                batch.push(block, at, out);
+                previous = Some((block, at));
+            }
+        }
+        batch.flush(out);
     }
 
     /// The byte ranges of level 0 each parallel task fills, with the first data
@@ -229,7 +246,9 @@ impl<'a> Leaves<'a> {
             rest = tail;
             consumed = range.end;
         }
-        tasks.into_par_iter().try_for_each(|(first, chunk)| self.hash_range(first, chunk))
+        tasks.into_par_iter().try_for_each_init(Vec::new, |buffer, (first, chunk)| {
+            self.hash_range(first, chunk, buffer)
+        })
     }
 
     /// The first data block whose digest differs from the stored level 0.
@@ -238,16 +257,20 @@ impl<'a> Leaves<'a> {
         let results: Vec<Option<u64>> = self
             .task_ranges()?
             .into_par_iter()
-            .map(|(first, range)| {
-                let stored = &stored_level0[range];
-                let mut computed = vec![0u8; stored.len()];
-                self.hash_range(first, &mut computed)?;
-                let bad = (0..self.count_from(first, stored.len())).find(|&relative| {
-                    let at = shape.slot_offset(relative);
-                    computed[at..at + shape.digest_size] != stored[at..at + shape.digest_size]
-                });
-                Ok(bad.map(|relative| first + relative as u64))
-            })
+            .map_init(
+                || (Vec::new(), Vec::new()),
+                |(buffer, computed), (first, range)| {
+                    let stored = &stored_level0[range];
+                    computed.clear();
+                    computed.resize(stored.len(), 0);
+                    self.hash_range(first, computed, buffer)?;
+                    let bad = (0..self.count_from(first, stored.len())).find(|&relative| {
+                        let at = shape.slot_offset(relative);
+                        computed[at..at + shape.digest_size] != stored[at..at + shape.digest_size]
+                    });
+                    Ok(bad.map(|relative| first + relative as u64))
+                },
+            )
             .collect::<Result<_, VerityError>>()?;
         Ok(results.into_iter().flatten().min())
     }
@@ -255,7 +278,7 @@ impl<'a> Leaves<'a> {
     /// Digest of data block 0 alone (the root when there is one data block).
     fn first_block_digest(&self) -> Result<Vec<u8>, VerityError> {
         let mut slot = vec![0u8; self.shape.slot_size];
-        self.hash_range(0, &mut slot)?;
+        self.hash_range(0, &mut slot, &mut Vec::new())?;
         slot.truncate(self.shape.digest_size);
         Ok(slot)
     }
@@ -294,17 +317,17 @@ impl ZeroBlocks {
         ZeroBlocks { blocks, digests }
     }
 
-    /// The digest of `block`, a block of level `level`.
-    fn digest_into(&self, hasher: &BlockHasher, level: usize, block: &[u8], out: &mut [u8]) {
-        if block == self.blocks[level].as_slice() {
-            out.copy_from_slice(&self.digests[level]);
-        } else {
-            hasher.digest_into(block, out);
-        }
+    /// True when `block`, a block of level `level`, covers only zero data.
+    fn is_zero_block(&self, level: usize, block: &[u8]) -> bool {
+        block == self.blocks[level].as_slice()
     }
 }
 
-/// Computes level `index` (>= 1) from the level below it.
+/// Computes level `index` (>= 1) from `child`, the level below it: `blocks`
+/// hash blocks, in parallel over groups of parent blocks. A child block
+/// covering only zeros takes its precomputed digest, and one equal to the
+/// child before it takes that one's digest, so the long runs of identical
+/// blocks above holes and empty space cost a comparison each, not a hash.
 fn upper_level(
     shape: Shape,
     hasher: &BlockHasher,
@@ -313,15 +336,31 @@ fn upper_level(
     index: usize,
     blocks: usize,
 ) -> Vec<u8> {
-    let Shape { hash_block_size: hbs, hashes_per_block: hpb, slot_size: slot, digest_size, .. } =
-        shape;
+    let Shape { hash_block_size: hbs, hashes_per_block: hpb, digest_size, .. } = shape;
+    let child_level = index - 1;
+    // Children hashed per task: about TASK_BYTES of them, whole parents.
+    let parents_per_task = usize::try_from(TASK_BYTES).unwrap_or(usize::MAX) / (hpb * hbs);
+    let parents_per_task = parents_per_task.max(1);
     let mut level = vec![0u8; blocks * hbs];
-    level.par_chunks_mut(hbs).enumerate().for_each(|(block_index, block)| {
-        let children = child.chunks_exact(hbs).skip(block_index * hpb).take(hpb);
-        for (slot_index, child_block) in children.enumerate() {
-            let at = slot_index * slot;
-            zeros.digest_into(hasher, index - 1, child_block, &mut block[at..at + digest_size]);
+    level.par_chunks_mut(hbs * parents_per_task).enumerate().for_each(|(task, parents)| {
+        let first_child = task * parents_per_task * hpb;
+        let children = child.get(first_child * hbs..).unwrap_or(&[]);
+        let children = children.chunks_exact(hbs).take(parents.len() / hbs * hpb);
+        let mut batch = Batch::new(hasher);
+        let mut previous: Option<(&[u8], usize)> = None;
+        for (relative, block) in children.enumerate() {
+            let at = shape.slot_offset(relative);
+            if zeros.is_zero_block(child_level, block) {
+                parents[at..at + digest_size].copy_from_slice(&zeros.digests[child_level]);
+            } else if let Some((_, source)) = previous.filter(|&(before, _)| before == block) {
+                batch.flush(parents);
+                parents.copy_within(source..source + digest_size, at);
+            } else {
+                batch.push(block, at, parents);
+                previous = Some((block, at));
+            }
         }
+        batch.flush(parents);
     });
     level
 }
@@ -524,15 +563,14 @@ pub(crate) fn verify(
     let zeros = ZeroBlocks::new(shape, &hasher, &leaves.zero_digest, level_count);
     for index in (1..level_count).rev() {
         let parent = &stored[index];
-        let bad = stored[index - 1].par_chunks_exact(shape.hash_block_size).enumerate().find_first(
-            |(child_index, child)| {
-                let at = shape.slot_offset(*child_index);
-                let mut digest = [0u8; MAX_DIGEST_SIZE];
-                zeros.digest_into(&hasher, index - 1, child, &mut digest[..digest_size]);
-                digest[..digest_size] != parent[at..at + digest_size]
-            },
-        );
-        if let Some((child_index, _)) = bad {
+        let blocks = to_usize(geometry.levels()[index].blocks, "tree size")?;
+        let computed = upper_level(shape, &hasher, &zeros, &stored[index - 1], index, blocks);
+        let children = stored[index - 1].len() / shape.hash_block_size;
+        let bad = (0..children).find(|&child_index| {
+            let at = shape.slot_offset(child_index);
+            computed[at..at + digest_size] != parent[at..at + digest_size]
+        });
+        if let Some(child_index) = bad {
             let block = geometry.levels()[index - 1].first_block + child_index as u64;
             return Err(VerityError::HashBlockMismatch {
                 block,
