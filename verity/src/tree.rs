@@ -2,10 +2,17 @@
 //! lib/verity/verity_hash.c semantics; the layout is in `geometry.rs`).
 //!
 //! The whole tree is held in memory (1/128 of the data for sha256 with 4 KiB
-//! blocks: 32 MiB for 4 GiB); the data is streamed through per-task buffers of
-//! at most [`READ_BYTES`]. The leaf level is cut into tasks of about
-//! [`TASK_BYTES`] of data hashed in parallel; each task owns a disjoint part of
-//! level 0, so no locking is needed.
+//! blocks: 32 MiB for 4 GiB); the data is streamed through one buffer of at
+//! most [`READ_BYTES`] per worker thread, reused from task to task. The leaf
+//! level is cut into tasks of about [`TASK_BYTES`] of data hashed in parallel;
+//! each task owns a disjoint part of level 0, so no locking is needed. Blocks
+//! are hashed in batches (`digest::Batch`), so SHA-256 runs several at once.
+//!
+//! Repeated blocks are not hashed again: a zero data block, or a hash block
+//! over zero data, takes a precomputed digest; a block equal to the block
+//! before it (compared only when both are at hand) takes that block's digest.
+//! Above holes and empty space the levels are long runs of identical blocks,
+//! so these cost a comparison each instead of a hash.
 
 use std::fs::File;
 use std::ops::Range;
@@ -823,6 +830,36 @@ mod tests {
         root: &[u8],
     ) -> bool {
         verify(data, 0, blocks, hash, 0, p, root).unwrap_err().is_mismatch()
+    }
+
+    /// Runs of identical blocks (non-zero and zero, across task and hash
+    /// block boundaries, so whole hash blocks repeat too) reuse digests and
+    /// still give the model's tree; verify names a changed block in a run.
+    #[test]
+    fn repeated_blocks_match_the_model() {
+        let p = VerityParams { salt: vec![3; 32], ..VerityParams::default() };
+        let blocks = 6000usize;
+        let patterns: Vec<Vec<u8>> = (1..=4).map(|seed| pseudo_random(4096, seed)).collect();
+        let mut data = Vec::with_capacity(blocks * 4096);
+        for index in 0..blocks {
+            match (index / 700) % 5 {
+                4 => data.extend_from_slice(&[0u8; 4096]),
+                run => data.extend_from_slice(&patterns[run]),
+            }
+        }
+        // One odd block inside a run.
+        data[2100 * 4096 + 17] ^= 1;
+        let data_file = file_with(&data);
+        let hash_file = tempfile::tempfile().unwrap();
+        let out = format(&data_file, 0, blocks as u64, &hash_file, 0, &p).unwrap();
+        let (root, tree) = model(&data, &p);
+        assert_eq!(out.root_hash, root);
+        assert_eq!(&read_all(&hash_file)[out.hash_start() as usize..], &tree[..]);
+
+        data[1000 * 4096 + 4095] ^= 0x80;
+        let err = verify(&file_with(&data), 0, blocks as u64, &hash_file, 0, &p, &out.root_hash)
+            .unwrap_err();
+        assert!(matches!(err, VerityError::DataBlockMismatch { block: 1000, .. }), "{err}");
     }
 
     #[test]
