@@ -31,6 +31,8 @@ use crate::{FormatOutput, VerityError, VerityParams};
 const TASK_BYTES: u64 = 4 << 20;
 /// Largest read buffer of one worker.
 const READ_BYTES: u64 = 1 << 20;
+/// The tree is written in pieces of this size, in parallel.
+const WRITE_BYTES: usize = 1 << 20;
 
 fn to_usize(value: u64, what: &'static str) -> Result<usize, VerityError> {
     usize::try_from(value).map_err(|_| VerityError::Overflow { what })
@@ -452,11 +454,20 @@ pub(crate) fn format(
         hash.write_all_at(&superblock, offset)
             .map_err(VerityError::io("writing the verity superblock", offset))?;
     }
+    // In pieces written in parallel: copying into the page cache is most of
+    // the cost, and it scales with the threads.
+    let mut pieces = Vec::new();
     for (index, level) in levels.iter().enumerate().rev() {
-        let offset = geometry.level_offset(index);
-        hash.write_all_at(level, offset)
-            .map_err(VerityError::io("writing the hash tree", offset))?;
+        let mut offset = geometry.level_offset(index);
+        for piece in level.chunks(WRITE_BYTES) {
+            pieces.push((offset, piece));
+            // A piece is at most WRITE_BYTES long.
+            offset += piece.len() as u64;
+        }
     }
+    pieces.into_par_iter().try_for_each(|(offset, piece)| {
+        hash.write_all_at(piece, offset).map_err(VerityError::io("writing the hash tree", offset))
+    })?;
     Ok(FormatOutput { root_hash, geometry })
 }
 
