@@ -13,9 +13,12 @@
 //! How it runs: the data is read with positioned reads (several threads read at
 //! once, the file's cursor is not used) in bounded buffers; the leaf level is
 //! hashed in parallel with rayon over chunks of a few MiB, then each upper level.
-//! Blocks that lie in holes of the data file (SEEK_DATA / SEEK_HOLE) are not read
-//! and, like blocks read as all zeros, take one precomputed digest. Memory is the
-//! tree itself plus a few MiB of buffers per thread; the data is never held.
+//! SHA-256 hashes several blocks at once through a multi-buffer kernel (see
+//! `digest.rs`). Blocks that lie in holes of the data file (SEEK_DATA /
+//! SEEK_HOLE) are not read and, like blocks read as all zeros, take one
+//! precomputed digest; a block equal to the one before it reuses its digest.
+//! Memory is the tree itself plus a 1 MiB buffer per thread; the data is never
+//! held.
 //!
 //! Typical use by the image builder, tree appended after a file system:
 //!

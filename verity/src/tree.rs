@@ -2,10 +2,17 @@
 //! lib/verity/verity_hash.c semantics; the layout is in `geometry.rs`).
 //!
 //! The whole tree is held in memory (1/128 of the data for sha256 with 4 KiB
-//! blocks: 32 MiB for 4 GiB); the data is streamed through per-task buffers of
-//! at most [`READ_BYTES`]. The leaf level is cut into tasks of about
-//! [`TASK_BYTES`] of data hashed in parallel; each task owns a disjoint part of
-//! level 0, so no locking is needed.
+//! blocks: 32 MiB for 4 GiB); the data is streamed through one buffer of at
+//! most [`READ_BYTES`] per worker thread, reused from task to task. The leaf
+//! level is cut into tasks of about [`TASK_BYTES`] of data hashed in parallel;
+//! each task owns a disjoint part of level 0, so no locking is needed. Blocks
+//! are hashed in batches (`digest::Batch`), so SHA-256 runs several at once.
+//!
+//! Repeated blocks are not hashed again: a zero data block, or a hash block
+//! over zero data, takes a precomputed digest; a block equal to the block
+//! before it (compared only when both are at hand) takes that block's digest.
+//! Above holes and empty space the levels are long runs of identical blocks,
+//! so these cost a comparison each instead of a hash.
 
 use std::fs::File;
 use std::ops::Range;
@@ -14,7 +21,7 @@ use std::os::unix::fs::{FileExt, MetadataExt};
 use rayon::prelude::*;
 use rustix::fs::{SeekFrom, seek};
 
-use crate::digest::{BlockHasher, is_zero};
+use crate::digest::{Batch, BlockHasher, is_zero};
 use crate::geometry::TreeGeometry;
 use crate::sparse::{DataRuns, Run};
 use crate::{FormatOutput, VerityError, VerityParams};
@@ -22,10 +29,10 @@ use crate::{FormatOutput, VerityError, VerityParams};
 /// Data bytes per parallel task: large enough to amortise scheduling, small
 /// enough to balance two to dozens of threads.
 const TASK_BYTES: u64 = 4 << 20;
-/// Largest read buffer of one task.
+/// Largest read buffer of one worker.
 const READ_BYTES: u64 = 1 << 20;
-/// The longest digest supported (sha512), for stack buffers.
-const MAX_DIGEST_SIZE: usize = 64;
+/// The tree is written in pieces of this size, in parallel.
+const WRITE_BYTES: usize = 1 << 20;
 
 fn to_usize(value: u64, what: &'static str) -> Result<usize, VerityError> {
     usize::try_from(value).map_err(|_| VerityError::Overflow { what })
@@ -130,11 +137,18 @@ impl<'a> Leaves<'a> {
     /// like level 0 from the slot of block `first`: whole hash blocks when
     /// `first` is a multiple of the hashes per block, otherwise a run of slots
     /// inside one hash block. Stops at the end of `out` or of the data.
-    fn hash_range(&self, first: u64, out: &mut [u8]) -> Result<(), VerityError> {
+    /// `buffer` is the calling worker's read buffer, reused from task to task.
+    fn hash_range(
+        &self,
+        first: u64,
+        out: &mut [u8],
+        buffer: &mut Vec<u8>,
+    ) -> Result<(), VerityError> {
         let shape = self.shape;
         let count = self.count_from(first, out.len());
-        let buffer_blocks = (READ_BYTES / self.geometry.data_block_size()).max(1);
-        let mut buffer = Vec::new();
+        // At least one block, at most READ_BYTES when blocks are smaller.
+        let buffer_blocks =
+            usize::try_from(READ_BYTES / self.geometry.data_block_size()).unwrap_or(1).max(1);
         let mut done = 0usize;
         while done < count {
             let (kind, run_end) = self.runs.run_at(first + done as u64, first + count as u64);
@@ -150,27 +164,17 @@ impl<'a> Leaves<'a> {
                 Run::Data => {
                     let mut next = done;
                     while next < done + run_len {
-                        let blocks = (done + run_len - next)
-                            .min(usize::try_from(buffer_blocks).unwrap_or(1));
-                        // At most READ_BYTES, or one block.
+                        let blocks = (done + run_len - next).min(buffer_blocks);
                         let bytes = blocks * shape.data_block_size;
-                        buffer.resize(bytes, 0);
+                        if buffer.len() < bytes {
+                            buffer.resize(bytes, 0);
+                        }
                         let offset = self.data_offset
                             + (first + next as u64) * self.geometry.data_block_size();
                         self.data
                             .read_exact_at(&mut buffer[..bytes], offset)
                             .map_err(VerityError::io("reading the data", offset))?;
-                        for (index, data_block) in
-                            buffer[..bytes].chunks_exact(shape.data_block_size).enumerate()
-                        {
-                            let at = shape.slot_offset(next + index);
-                            let slot = &mut out[at..at + shape.digest_size];
-                            if is_zero(data_block) {
-                                slot.copy_from_slice(&self.zero_digest);
-                            } else {
-                                self.hasher.digest_into(data_block, slot);
-                            }
-                        }
+                        self.hash_blocks(&buffer[..bytes], next, out);
                         next += blocks;
                     }
                 }
@@ -178,6 +182,28 @@ impl<'a> Leaves<'a> {
             done += run_len;
         }
         Ok(())
+    }
+
+    /// Hashes the whole data blocks of `data` into `out` from the slot of
+    /// the `relative`-th block on. A zero block takes the precomputed digest;
+    /// a block equal to the one before it takes that one's digest.
+    fn hash_blocks(&self, data: &[u8], relative: usize, out: &mut [u8]) {
+        let Shape { data_block_size, digest_size, .. } = self.shape;
+        let mut batch = Batch::new(self.hasher);
+        let mut previous: Option<(&[u8], usize)> = None;
+        for (index, block) in data.chunks_exact(data_block_size).enumerate() {
+            let at = self.shape.slot_offset(relative + index);
+            if is_zero(block) {
+                out[at..at + digest_size].copy_from_slice(&self.zero_digest);
+            } else if let Some((_, source)) = previous.filter(|&(before, _)| before == block) {
+                batch.flush(out);
+                out.copy_within(source..source + digest_size, at);
+            } else {
+                batch.push(block, at, out);
+                previous = Some((block, at));
+            }
+        }
+        batch.flush(out);
     }
 
     /// The byte ranges of level 0 each parallel task fills, with the first data
@@ -229,7 +255,9 @@ impl<'a> Leaves<'a> {
             rest = tail;
             consumed = range.end;
         }
-        tasks.into_par_iter().try_for_each(|(first, chunk)| self.hash_range(first, chunk))
+        tasks.into_par_iter().try_for_each_init(Vec::new, |buffer, (first, chunk)| {
+            self.hash_range(first, chunk, buffer)
+        })
     }
 
     /// The first data block whose digest differs from the stored level 0.
@@ -238,16 +266,20 @@ impl<'a> Leaves<'a> {
         let results: Vec<Option<u64>> = self
             .task_ranges()?
             .into_par_iter()
-            .map(|(first, range)| {
-                let stored = &stored_level0[range];
-                let mut computed = vec![0u8; stored.len()];
-                self.hash_range(first, &mut computed)?;
-                let bad = (0..self.count_from(first, stored.len())).find(|&relative| {
-                    let at = shape.slot_offset(relative);
-                    computed[at..at + shape.digest_size] != stored[at..at + shape.digest_size]
-                });
-                Ok(bad.map(|relative| first + relative as u64))
-            })
+            .map_init(
+                || (Vec::new(), Vec::new()),
+                |(buffer, computed), (first, range)| {
+                    let stored = &stored_level0[range];
+                    computed.clear();
+                    computed.resize(stored.len(), 0);
+                    self.hash_range(first, computed, buffer)?;
+                    let bad = (0..self.count_from(first, stored.len())).find(|&relative| {
+                        let at = shape.slot_offset(relative);
+                        computed[at..at + shape.digest_size] != stored[at..at + shape.digest_size]
+                    });
+                    Ok(bad.map(|relative| first + relative as u64))
+                },
+            )
             .collect::<Result<_, VerityError>>()?;
         Ok(results.into_iter().flatten().min())
     }
@@ -255,7 +287,7 @@ impl<'a> Leaves<'a> {
     /// Digest of data block 0 alone (the root when there is one data block).
     fn first_block_digest(&self) -> Result<Vec<u8>, VerityError> {
         let mut slot = vec![0u8; self.shape.slot_size];
-        self.hash_range(0, &mut slot)?;
+        self.hash_range(0, &mut slot, &mut Vec::new())?;
         slot.truncate(self.shape.digest_size);
         Ok(slot)
     }
@@ -294,17 +326,17 @@ impl ZeroBlocks {
         ZeroBlocks { blocks, digests }
     }
 
-    /// The digest of `block`, a block of level `level`.
-    fn digest_into(&self, hasher: &BlockHasher, level: usize, block: &[u8], out: &mut [u8]) {
-        if block == self.blocks[level].as_slice() {
-            out.copy_from_slice(&self.digests[level]);
-        } else {
-            hasher.digest_into(block, out);
-        }
+    /// True when `block`, a block of level `level`, covers only zero data.
+    fn is_zero_block(&self, level: usize, block: &[u8]) -> bool {
+        block == self.blocks[level].as_slice()
     }
 }
 
-/// Computes level `index` (>= 1) from the level below it.
+/// Computes level `index` (>= 1) from `child`, the level below it: `blocks`
+/// hash blocks, in parallel over groups of parent blocks. A child block
+/// covering only zeros takes its precomputed digest, and one equal to the
+/// child before it takes that one's digest, so the long runs of identical
+/// blocks above holes and empty space cost a comparison each, not a hash.
 fn upper_level(
     shape: Shape,
     hasher: &BlockHasher,
@@ -313,15 +345,31 @@ fn upper_level(
     index: usize,
     blocks: usize,
 ) -> Vec<u8> {
-    let Shape { hash_block_size: hbs, hashes_per_block: hpb, slot_size: slot, digest_size, .. } =
-        shape;
+    let Shape { hash_block_size: hbs, hashes_per_block: hpb, digest_size, .. } = shape;
+    let child_level = index - 1;
+    // Children hashed per task: about TASK_BYTES of them, whole parents.
+    let parents_per_task = usize::try_from(TASK_BYTES).unwrap_or(usize::MAX) / (hpb * hbs);
+    let parents_per_task = parents_per_task.max(1);
     let mut level = vec![0u8; blocks * hbs];
-    level.par_chunks_mut(hbs).enumerate().for_each(|(block_index, block)| {
-        let children = child.chunks_exact(hbs).skip(block_index * hpb).take(hpb);
-        for (slot_index, child_block) in children.enumerate() {
-            let at = slot_index * slot;
-            zeros.digest_into(hasher, index - 1, child_block, &mut block[at..at + digest_size]);
+    level.par_chunks_mut(hbs * parents_per_task).enumerate().for_each(|(task, parents)| {
+        let first_child = task * parents_per_task * hpb;
+        let children = child.get(first_child * hbs..).unwrap_or(&[]);
+        let children = children.chunks_exact(hbs).take(parents.len() / hbs * hpb);
+        let mut batch = Batch::new(hasher);
+        let mut previous: Option<(&[u8], usize)> = None;
+        for (relative, block) in children.enumerate() {
+            let at = shape.slot_offset(relative);
+            if zeros.is_zero_block(child_level, block) {
+                parents[at..at + digest_size].copy_from_slice(&zeros.digests[child_level]);
+            } else if let Some((_, source)) = previous.filter(|&(before, _)| before == block) {
+                batch.flush(parents);
+                parents.copy_within(source..source + digest_size, at);
+            } else {
+                batch.push(block, at, parents);
+                previous = Some((block, at));
+            }
         }
+        batch.flush(parents);
     });
     level
 }
@@ -406,11 +454,20 @@ pub(crate) fn format(
         hash.write_all_at(&superblock, offset)
             .map_err(VerityError::io("writing the verity superblock", offset))?;
     }
+    // In pieces written in parallel: copying into the page cache is most of
+    // the cost, and it scales with the threads.
+    let mut pieces = Vec::new();
     for (index, level) in levels.iter().enumerate().rev() {
-        let offset = geometry.level_offset(index);
-        hash.write_all_at(level, offset)
-            .map_err(VerityError::io("writing the hash tree", offset))?;
+        let mut offset = geometry.level_offset(index);
+        for piece in level.chunks(WRITE_BYTES) {
+            pieces.push((offset, piece));
+            // A piece is at most WRITE_BYTES long.
+            offset += piece.len() as u64;
+        }
     }
+    pieces.into_par_iter().try_for_each(|(offset, piece)| {
+        hash.write_all_at(piece, offset).map_err(VerityError::io("writing the hash tree", offset))
+    })?;
     Ok(FormatOutput { root_hash, geometry })
 }
 
@@ -524,15 +581,14 @@ pub(crate) fn verify(
     let zeros = ZeroBlocks::new(shape, &hasher, &leaves.zero_digest, level_count);
     for index in (1..level_count).rev() {
         let parent = &stored[index];
-        let bad = stored[index - 1].par_chunks_exact(shape.hash_block_size).enumerate().find_first(
-            |(child_index, child)| {
-                let at = shape.slot_offset(*child_index);
-                let mut digest = [0u8; MAX_DIGEST_SIZE];
-                zeros.digest_into(&hasher, index - 1, child, &mut digest[..digest_size]);
-                digest[..digest_size] != parent[at..at + digest_size]
-            },
-        );
-        if let Some((child_index, _)) = bad {
+        let blocks = to_usize(geometry.levels()[index].blocks, "tree size")?;
+        let computed = upper_level(shape, &hasher, &zeros, &stored[index - 1], index, blocks);
+        let children = stored[index - 1].len() / shape.hash_block_size;
+        let bad = (0..children).find(|&child_index| {
+            let at = shape.slot_offset(child_index);
+            computed[at..at + digest_size] != parent[at..at + digest_size]
+        });
+        if let Some(child_index) = bad {
             let block = geometry.levels()[index - 1].first_block + child_index as u64;
             return Err(VerityError::HashBlockMismatch {
                 block,
@@ -785,6 +841,36 @@ mod tests {
         root: &[u8],
     ) -> bool {
         verify(data, 0, blocks, hash, 0, p, root).unwrap_err().is_mismatch()
+    }
+
+    /// Runs of identical blocks (non-zero and zero, across task and hash
+    /// block boundaries, so whole hash blocks repeat too) reuse digests and
+    /// still give the model's tree; verify names a changed block in a run.
+    #[test]
+    fn repeated_blocks_match_the_model() {
+        let p = VerityParams { salt: vec![3; 32], ..VerityParams::default() };
+        let blocks = 6000usize;
+        let patterns: Vec<Vec<u8>> = (1..=4).map(|seed| pseudo_random(4096, seed)).collect();
+        let mut data = Vec::with_capacity(blocks * 4096);
+        for index in 0..blocks {
+            match (index / 700) % 5 {
+                4 => data.extend_from_slice(&[0u8; 4096]),
+                run => data.extend_from_slice(&patterns[run]),
+            }
+        }
+        // One odd block inside a run.
+        data[2100 * 4096 + 17] ^= 1;
+        let data_file = file_with(&data);
+        let hash_file = tempfile::tempfile().unwrap();
+        let out = format(&data_file, 0, blocks as u64, &hash_file, 0, &p).unwrap();
+        let (root, tree) = model(&data, &p);
+        assert_eq!(out.root_hash, root);
+        assert_eq!(&read_all(&hash_file)[out.hash_start() as usize..], &tree[..]);
+
+        data[1000 * 4096 + 4095] ^= 0x80;
+        let err = verify(&file_with(&data), 0, blocks as u64, &hash_file, 0, &p, &out.root_hash)
+            .unwrap_err();
+        assert!(matches!(err, VerityError::DataBlockMismatch { block: 1000, .. }), "{err}");
     }
 
     #[test]
