@@ -42,6 +42,7 @@ mod tree;
 
 use std::fs::File;
 
+pub use digest::sha256_blocks;
 pub use error::VerityError;
 pub use geometry::{Level, TreeGeometry};
 pub use superblock::{SUPERBLOCK_SIZE, Superblock, SuperblockError};
