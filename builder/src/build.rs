@@ -528,7 +528,7 @@ const DIGEST_BLOCK: usize = 4096;
 impl DataDigest {
     /// Adds whole blocks starting at `block_offset` (the partial block is empty).
     fn add_blocks(&mut self, blocks: &[u8]) {
-        debug_assert!(self.block.is_empty() && blocks.len() % DIGEST_BLOCK == 0);
+        debug_assert!(self.block.is_empty() && blocks.len().is_multiple_of(DIGEST_BLOCK));
         // Groups of 64 blocks (256 KiB) per task; within one, the non-zero blocks
         // go through the multi-buffer SHA-256 kernel together.
         const GROUP: usize = 64 * DIGEST_BLOCK;
@@ -721,7 +721,7 @@ fn read_error(err: io::Error, offset: u64) -> anyhow::Error {
 
 /// The bytes of a hex string; `None` if it is not whole pairs of hex digits.
 pub fn parse_hex(text: &str) -> Option<Vec<u8>> {
-    if text.len() % 2 != 0 {
+    if !text.len().is_multiple_of(2) {
         return None;
     }
     (0..text.len()).step_by(2).map(|i| u8::from_str_radix(text.get(i..i + 2)?, 16).ok()).collect()

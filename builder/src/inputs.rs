@@ -83,10 +83,10 @@ pub fn load_inputs(plan: &Plan, manifest: &Manifest) -> Result<Inputs, Vec<Manif
             }
         }
     }
-    if let Some(system) = &manifest.system {
-        if let Err(mut problems) = apply_profile(plan, system, &mut inputs) {
-            errors.append(&mut problems);
-        }
+    if let Some(system) = &manifest.system
+        && let Err(mut problems) = apply_profile(plan, system, &mut inputs)
+    {
+        errors.append(&mut problems);
     }
     for partition in &plan.partitions {
         let Some(contents) = &partition.contents else { continue };

@@ -925,7 +925,7 @@ fn parse_number<T: FromStr>(key: &str, value: &str) -> Result<T, ParamsError> {
 }
 
 fn parse_hex(key: &str, value: &str) -> Result<Vec<u8>, ParamsError> {
-    if value.len() % 2 != 0 || !value.bytes().all(|b| b.is_ascii_hexdigit()) {
+    if !value.len().is_multiple_of(2) || !value.bytes().all(|b| b.is_ascii_hexdigit()) {
         return Err(invalid(key, value, "expected an even number of hex digits".into()));
     }
     let digit = |b: u8| -> u8 {

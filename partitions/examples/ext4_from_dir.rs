@@ -54,11 +54,12 @@ fn walk(
         let md = std::fs::symlink_metadata(&child)?;
         let name = entry.file_name();
         let name = name.as_bytes();
-        if !md.is_dir() && md.nlink() > 1 {
-            if let Some(&id) = seen.get(&(md.dev(), md.ino())) {
-                tree.link(dir, name, id).map_err(io::Error::other)?;
-                continue;
-            }
+        if !md.is_dir()
+            && md.nlink() > 1
+            && let Some(&id) = seen.get(&(md.dev(), md.ino()))
+        {
+            tree.link(dir, name, id).map_err(io::Error::other)?;
+            continue;
         }
         let ft = md.file_type();
         let kind = if ft.is_dir() {

@@ -418,7 +418,7 @@ fn fatfs_layout(sectors: u64, cluster_size: u64) -> Option<FatGeometry> {
 }
 
 fn check_size(size: u64) -> Result<u32, FatError> {
-    if size % SECTOR != 0 {
+    if !size.is_multiple_of(SECTOR) {
         return Err(FatError::BadSize { size, reason: "it is not a multiple of 512 bytes" });
     }
     u32::try_from(size / SECTOR)

@@ -134,10 +134,10 @@ fn probe(disk: &dyn ReadAt, offset: u64, len: u64) -> io::Result<FsProbe> {
             return Ok(fat);
         }
     }
-    if let Some(sb) = read(disk, offset, len, 1024, 1024)? {
-        if let Some(ext4) = parse_ext4(&sb) {
-            return Ok(ext4);
-        }
+    if let Some(sb) = read(disk, offset, len, 1024, 1024)?
+        && let Some(ext4) = parse_ext4(&sb)
+    {
+        return Ok(ext4);
     }
     // len.min(64 KiB) fits in usize.
     let head = read(disk, offset, len, 0, len.min(EMPTY_PROBE_BYTES) as usize)?.unwrap_or_default();

@@ -77,7 +77,7 @@ impl TreeGeometry {
         let hashes_per_block_bits = bits_down(hash_block_size / digest_size_u64);
 
         let hash_start_block = if params.superblock {
-            if hash_offset % SUPERBLOCK_BYTES != 0 {
+            if !hash_offset.is_multiple_of(SUPERBLOCK_BYTES) {
                 return Err(VerityError::UnalignedHashOffset { offset: hash_offset });
             }
             hash_offset

@@ -119,7 +119,7 @@ fn usage(message: impl Into<String>) -> anyhow::Error {
 /// Parses hex text; `what` names the argument in the error.
 fn parse_hex(text: &str, what: &str) -> anyhow::Result<Vec<u8>> {
     let bad = || usage(format!("{what} '{text}' is not an even number of hexadecimal digits"));
-    if text.len() % 2 != 0 || !text.bytes().all(|b| b.is_ascii_hexdigit()) {
+    if !text.len().is_multiple_of(2) || !text.bytes().all(|b| b.is_ascii_hexdigit()) {
         return Err(bad());
     }
     (0..text.len())

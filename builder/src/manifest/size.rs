@@ -66,7 +66,7 @@ impl fmt::Display for Size {
         for (name, unit) in
             [("TiB", 1u64 << 40), ("GiB", 1 << 30), ("MiB", 1 << 20), ("KiB", 1 << 10)]
         {
-            if bytes >= unit && bytes % unit == 0 {
+            if bytes >= unit && bytes.is_multiple_of(unit) {
                 return write!(f, "{}{name}", bytes / unit);
             }
         }

@@ -485,10 +485,10 @@ impl SystemConfig {
         }
 
         // Identity.
-        if let Some(hostname) = &self.identity.hostname {
-            if let Err(e) = check_hostname(&hostname.value) {
-                push(format!("system.identity.hostname: {e}"), location_of(hostname));
-            }
+        if let Some(hostname) = &self.identity.hostname
+            && let Err(e) = check_hostname(&hostname.value)
+        {
+            push(format!("system.identity.hostname: {e}"), location_of(hostname));
         }
 
         // Files.
@@ -526,23 +526,23 @@ impl SystemConfig {
                     at,
                 );
             }
-            if let Some(mode) = &entry.mode {
-                if let Err(e) = parse_mode(&mode.value) {
-                    push(format!("system.files: '{path}': {e}"), location_of(mode));
-                }
+            if let Some(mode) = &entry.mode
+                && let Err(e) = parse_mode(&mode.value)
+            {
+                push(format!("system.files: '{path}': {e}"), location_of(mode));
             }
-            if let Some(owner) = &entry.owner {
-                if let Err(e) = parse_owner(&owner.value) {
-                    push(format!("system.files: '{path}': {e}"), location_of(owner));
-                }
+            if let Some(owner) = &entry.owner
+                && let Err(e) = parse_owner(&owner.value)
+            {
+                push(format!("system.files: '{path}': {e}"), location_of(owner));
             }
-            if let Some(link) = &entry.link {
-                if link.is_empty() || link.contains('\0') {
-                    push(
-                        format!("system.files: '{path}': the link target must be a non-empty path"),
-                        at,
-                    );
-                }
+            if let Some(link) = &entry.link
+                && (link.is_empty() || link.contains('\0'))
+            {
+                push(
+                    format!("system.files: '{path}': the link target must be a non-empty path"),
+                    at,
+                );
             }
             if let Some(source) = &entry.source {
                 let full = base_dir.join(&source.value);

@@ -153,10 +153,10 @@ pub fn compose(
 
     // Mount point of the Log partition: empty, whatever the source had there.
     let log = normal(&ctx.log_mount, "the Log partition's mount point")?;
-    if let Some(id) = c.root.lookup(log.as_bytes()) {
-        if c.root.children(id).next().is_some() {
-            c.warn(format!("the source's {log} is not empty; its content is left out (the Log partition is mounted over it)"));
-        }
+    if let Some(id) = c.root.lookup(log.as_bytes())
+        && c.root.children(id).next().is_some()
+    {
+        c.warn(format!("the source's {log} is not empty; its content is left out (the Log partition is mounted over it)"));
     }
     c.put_node(&log, NodeKind::Directory(BTreeMap::new()), 0o755)?;
 

@@ -55,11 +55,11 @@ pub fn parse_key_list(
         if line.is_empty() {
             continue;
         }
-        if !line.starts_with('#') {
-            if let Err(e) = check_key_line(line, kind) {
-                errors.push(format!("line {} of {what}: {e}", index + 1));
-                continue;
-            }
+        if !line.starts_with('#')
+            && let Err(e) = check_key_line(line, kind)
+        {
+            errors.push(format!("line {} of {what}: {e}", index + 1));
+            continue;
         }
         lines.push(line.to_string());
     }
@@ -178,7 +178,7 @@ fn ssh_string(blob: &[u8]) -> Option<&[u8]> {
 /// Decodes standard base64 (RFC 4648 §4) with padding; `None` when malformed.
 pub fn decode_base64(text: &str) -> Option<Vec<u8>> {
     let bytes = text.as_bytes();
-    if bytes.is_empty() || bytes.len() % 4 != 0 {
+    if bytes.is_empty() || !bytes.len().is_multiple_of(4) {
         return None;
     }
     let value = |c: u8| -> Option<u32> {

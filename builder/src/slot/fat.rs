@@ -574,10 +574,10 @@ mod tests {
             let original = image[position];
             for value in [0x00, 0xff, 0x01, 0x80] {
                 image[position] = value;
-                if let Ok(fat) = FatVolume::open(&image, 4096, size) {
-                    if let Ok(Some(entry)) = fat.find("/EFI/abforge/grubenv") {
-                        let _ = fat.file_extents(&entry);
-                    }
+                if let Ok(fat) = FatVolume::open(&image, 4096, size)
+                    && let Ok(Some(entry)) = fat.find("/EFI/abforge/grubenv")
+                {
+                    let _ = fat.file_extents(&entry);
                 }
             }
             image[position] = original;

@@ -288,15 +288,15 @@ impl SlotStatus {
         };
         let _ = writeln!(out, "try:          {try_text}");
         let _ = writeln!(out, "next boot:    {}", self.next_boot);
-        if let Some(slots) = &self.slots {
-            if !slots.contains(&self.next_boot) {
-                let first = slots.first().map_or("its first slot", String::as_str);
-                let _ = writeln!(
-                    out,
-                    "note:         the selector has no slot {}: GRUB boots {first} instead",
-                    self.next_boot
-                );
-            }
+        if let Some(slots) = &self.slots
+            && !slots.contains(&self.next_boot)
+        {
+            let first = slots.first().map_or("its first slot", String::as_str);
+            let _ = writeln!(
+                out,
+                "note:         the selector has no slot {}: GRUB boots {first} instead",
+                self.next_boot
+            );
         }
         out
     }

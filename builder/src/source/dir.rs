@@ -121,13 +121,13 @@ pub fn load_directory(root: &Path, opts: &SourceOptions) -> anyhow::Result<FileT
                 )
             })
         };
-        if let Some(inode) = entry.hard_link {
-            if let Some(&first) = inodes.get(&inode) {
-                tree.link(dir_id, &entry.name, first).with_context(|| {
-                    format!("cannot add '{}' to the tree", entry.host_path.display())
-                })?;
-                continue;
-            }
+        if let Some(inode) = entry.hard_link
+            && let Some(&first) = inodes.get(&inode)
+        {
+            tree.link(dir_id, &entry.name, first).with_context(|| {
+                format!("cannot add '{}' to the tree", entry.host_path.display())
+            })?;
+            continue;
         }
         match entry.what {
             What::Directory(listing) => {

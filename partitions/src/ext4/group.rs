@@ -71,7 +71,7 @@ impl GroupDesc {
 fn set_bits(bitmap: &mut [u8], range: Range<usize>) {
     let mut bit = range.start;
     while bit < range.end {
-        if bit % 8 == 0 && bit + 8 <= range.end {
+        if bit.is_multiple_of(8) && bit + 8 <= range.end {
             let end_byte = (bit + (range.end - bit) / 8 * 8) / 8;
             bitmap[bit / 8..end_byte].fill(0xFF);
             bit = end_byte * 8;

@@ -164,7 +164,7 @@ pub(crate) struct Sink<'a> {
 
 impl<'a> Sink<'a> {
     pub(crate) fn new(region: FileRegion<'a>, direct_io: bool) -> Sink<'a> {
-        let aligned = region.offset() % BLOCK_SIZE == 0;
+        let aligned = region.offset().is_multiple_of(BLOCK_SIZE);
         let direct = if direct_io && aligned { reopen_direct(region.file()) } else { None };
         Sink { region, direct, direct_refused: AtomicBool::new(false) }
     }
@@ -173,28 +173,26 @@ impl<'a> Sink<'a> {
         let offset = block.checked_mul(BLOCK_SIZE).ok_or_else(|| io::Error::other("overflow"))?;
         let end = offset.checked_add(data.len() as u64);
         let inside = end.is_some_and(|end| end <= self.region.len());
-        if let Some(file) = self.direct.as_ref().filter(|_| inside) {
-            if !self.direct_refused.load(Ordering::Relaxed) {
-                // The region starts on a block boundary (checked in `new`), so this is
-                // aligned as `offset` is.
-                let at = self.region.offset() + offset;
-                // Allocating the range first makes the write an overwrite, which
-                // ext4 lets several threads do at once (a write into a hole holds the
-                // file's lock until it completes). The range is written right after,
-                // so the file is as sparse as without; where this is not supported
-                // the write simply allocates.
-                let len = data.len() as u64;
-                let _ = rustix::fs::fallocate(file, FallocateFlags::KEEP_SIZE, at, len);
-                match file.write_all_at(data, at) {
-                    Ok(()) => return Ok(()),
-                    // Direct I/O refused: write through the page cache from now on.
-                    Err(err)
-                        if err.raw_os_error() == Some(rustix::io::Errno::INVAL.raw_os_error()) =>
-                    {
-                        self.direct_refused.store(true, Ordering::Relaxed);
-                    }
-                    Err(err) => return Err(err),
+        if let Some(file) = self.direct.as_ref().filter(|_| inside)
+            && !self.direct_refused.load(Ordering::Relaxed)
+        {
+            // The region starts on a block boundary (checked in `new`), so this is
+            // aligned as `offset` is.
+            let at = self.region.offset() + offset;
+            // Allocating the range first makes the write an overwrite, which
+            // ext4 lets several threads do at once (a write into a hole holds the
+            // file's lock until it completes). The range is written right after,
+            // so the file is as sparse as without; where this is not supported
+            // the write simply allocates.
+            let len = data.len() as u64;
+            let _ = rustix::fs::fallocate(file, FallocateFlags::KEEP_SIZE, at, len);
+            match file.write_all_at(data, at) {
+                Ok(()) => return Ok(()),
+                // Direct I/O refused: write through the page cache from now on.
+                Err(err) if err.raw_os_error() == Some(rustix::io::Errno::INVAL.raw_os_error()) => {
+                    self.direct_refused.store(true, Ordering::Relaxed);
                 }
+                Err(err) => return Err(err),
             }
         }
         // Also reports a write outside the region.
@@ -950,7 +948,7 @@ mod tests {
         // Bytes at an odd address: no device takes them directly, so where direct
         // I/O was opened, the write is refused (EINVAL) and redone through the region.
         let backing = vec![7u8; 2 * BLOCK_SIZE_USIZE + 1];
-        let odd = usize::from(backing.as_ptr().addr() % 2 == 0);
+        let odd = usize::from(backing.as_ptr().addr().is_multiple_of(2));
         let data = &backing[odd..odd + BLOCK_SIZE_USIZE];
         sink.write(3, data).unwrap();
         assert_eq!(sink.direct_refused.load(Ordering::Relaxed), sink.direct.is_some());

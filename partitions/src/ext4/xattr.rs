@@ -78,7 +78,7 @@ pub(crate) fn prepare(xattrs: &BTreeMap<Vec<u8>, Vec<u8>>) -> Result<Vec<Attr>, 
 /// disk form (u32 version 1, then 4-byte entries, 8-byte ones for named users/groups).
 fn acl(full: &[u8], value: &[u8]) -> Result<Vec<u8>, XattrProblem> {
     let bad = |why| XattrProblem::BadAcl(full.to_vec(), why);
-    if value.len() < 4 || (value.len() - 4) % 8 != 0 {
+    if value.len() < 4 || !(value.len() - 4).is_multiple_of(8) {
         return Err(bad("its length is not 4 + 8 × entries"));
     }
     if get_u32(value, 0) != 2 {

@@ -310,7 +310,7 @@ impl GptLayout {
     /// Checks everything [`GptLayout::primary_bytes`] relies on; errors name
     /// partitions by their 1-based entry number and name.
     pub fn validate(&self) -> Result<(), GptError> {
-        if self.disk_size_bytes % SECTOR_SIZE != 0 {
+        if !self.disk_size_bytes.is_multiple_of(SECTOR_SIZE) {
             return Err(GptError::DiskSizeUnaligned { size: self.disk_size_bytes });
         }
         let min = (first_usable_lba() + ENTRY_ARRAY_SECTORS + 2) * SECTOR_SIZE;

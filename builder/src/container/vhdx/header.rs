@@ -78,7 +78,7 @@ impl Header {
             log_length: le32(b, LOG_LENGTH_AT),
             log_offset: le64(b, LOG_OFFSET_AT),
         };
-        if header.log_offset % MIB != 0 || u64::from(header.log_length) % MIB != 0 {
+        if !header.log_offset.is_multiple_of(MIB) || u64::from(header.log_length) % MIB != 0 {
             return Err(VhdxError::Corrupt(format!(
                 "{which} places the log at byte {} with length {}, not whole MiB",
                 header.log_offset, header.log_length

@@ -214,7 +214,9 @@ pub fn parse_parameters(
             "the physical sector size {physical_sector_size} is neither 512 nor 4096"
         )));
     }
-    if virtual_size % u64::from(logical_sector_size) != 0 || virtual_size > MAX_VIRTUAL_SIZE {
+    if !virtual_size.is_multiple_of(u64::from(logical_sector_size))
+        || virtual_size > MAX_VIRTUAL_SIZE
+    {
         return Err(VhdxError::Corrupt(format!(
             "the virtual size {virtual_size} is not a multiple of the {logical_sector_size}-byte sector up to 64 TiB"
         )));

@@ -83,7 +83,7 @@ pub fn parse_region_table(b: &[u8], which: &str) -> Result<Vec<RegionEntry>, Vhd
             length: le32(b, at + 24),
             required: le32(b, at + 28) & 1 != 0,
         };
-        if entry.file_offset % MIB != 0
+        if !entry.file_offset.is_multiple_of(MIB)
             || entry.file_offset < MIB
             || u64::from(entry.length) % MIB != 0
             || entry.length == 0

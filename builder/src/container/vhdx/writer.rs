@@ -125,7 +125,7 @@ pub(super) fn checked_geometry(
 ) -> io::Result<BatGeometry> {
     check_block_size(u64::from(options.block_size)).map_err(invalid_input)?;
     if virtual_size == 0
-        || virtual_size % u64::from(LOGICAL_SECTOR_SIZE) != 0
+        || !virtual_size.is_multiple_of(u64::from(LOGICAL_SECTOR_SIZE))
         || virtual_size > MAX_VIRTUAL_SIZE
     {
         return Err(invalid_input(format!(
