@@ -53,8 +53,12 @@ use rustix::io::Errno;
 
 use super::{SourceOptions, is_excluded, show};
 
-/// Largest file read into memory while loading.
-pub const INLINE_MAX: u64 = 64 << 10;
+/// Largest file read into memory while loading: one block. Such a file costs one
+/// more system call now and saves opening it again later; a larger one is cheaper
+/// to leave to the writer's reader threads, whose reading overlaps the writing of
+/// the image (measured on a Debian root: the load a third shorter, the whole run
+/// about a sixth, and less memory).
+pub const INLINE_MAX: u64 = 4 << 10;
 
 /// Most bytes of small files held in memory per tree; later files are read when written.
 pub const INLINE_BUDGET: u64 = 64 << 20;
