@@ -15,6 +15,23 @@ fn eflow_manifest() -> PathBuf {
     repo_root().join("manifests/eflow.yaml")
 }
 
+/// manifests/eflow.yaml with each (from, to) replaced (each must occur) and its
+/// source paths made absolute, to be written anywhere.
+fn eflow_manifest_with(replacements: &[(&str, &str)]) -> String {
+    let root = repo_root();
+    let mut manifest = fs::read_to_string(eflow_manifest()).unwrap();
+    let absolute = [
+        ("source: demo-rootfs/", format!("source: {}/manifests/demo-rootfs/", root.display())),
+        ("contents: demo-esp/", format!("contents: {}/manifests/demo-esp/", root.display())),
+    ];
+    let all = replacements.iter().map(|&(from, to)| (from, to.to_string())).chain(absolute);
+    for (from, to) in all {
+        assert!(manifest.contains(from), "manifests/eflow.yaml has no '{from}'");
+        manifest = manifest.replace(from, &to);
+    }
+    manifest
+}
+
 fn build(format: &str, out: &Path) -> Value {
     build_report(&eflow_manifest(), out, "eflow", &["--format", format])
 }
@@ -312,25 +329,12 @@ fn vhdx_stores_little_more_than_the_content_and_ignores_the_data_size() {
     );
 
     // A 2 TiB Data partition costs the same file as a 2 GiB one.
-    let manifest = fs::read_to_string(eflow_manifest()).unwrap().replace(
+    let manifest = eflow_manifest_with(&[(
         "{ name: Data, type: linux, size: 2GiB,",
         "{ name: Data, type: linux, size: 2TiB,",
-    );
-    assert!(manifest.contains("size: 2TiB"));
+    )]);
     let big = dir.path().join("big.yaml");
-    fs::write(
-        &big,
-        manifest
-            .replace(
-                "source: demo-rootfs/",
-                &format!("source: {}/manifests/demo-rootfs/", repo_root().display()),
-            )
-            .replace(
-                "contents: demo-esp/",
-                &format!("contents: {}/manifests/demo-esp/", repo_root().display()),
-            ),
-    )
-    .unwrap();
+    fs::write(&big, manifest).unwrap();
     let out = dir.path().join("big");
     run_ok(&mut abforge([
         "build".as_ref(),
@@ -351,24 +355,10 @@ fn vhdx_stores_little_more_than_the_content_and_ignores_the_data_size() {
 #[cfg_attr(not(any(ci, have_qemu_img)), ignore = "needs qemu-img (package qemu-utils)")]
 fn a_disk_larger_than_the_largest_file_still_builds_as_vhdx() {
     let dir = scratch();
-    let manifest = fs::read_to_string(eflow_manifest())
-        .unwrap()
-        .replace("{ name: Data, type: linux, size: 2GiB,", "{ name: Data, type: linux, size: 9TiB,")
-        .replace(
-            "{ name: Unused, type: linux, size: 4GiB",
-            "{ name: Unused, type: linux, size: 9TiB",
-        )
-        .replace(
-            "source: demo-rootfs/",
-            &format!("source: {}/manifests/demo-rootfs/", repo_root().display()),
-        )
-        .replace(
-            "contents: demo-esp/",
-            &format!("contents: {}/manifests/demo-esp/", repo_root().display()),
-        );
-    assert!(
-        manifest.contains("size: 9TiB,") && manifest.contains("Unused, type: linux, size: 9TiB")
-    );
+    let manifest = eflow_manifest_with(&[
+        ("{ name: Data, type: linux, size: 2GiB,", "{ name: Data, type: linux, size: 9TiB,"),
+        ("{ name: Unused, type: linux, size: 4GiB", "{ name: Unused, type: linux, size: 9TiB"),
+    ]);
     let path = dir.path().join("huge.yaml");
     fs::write(&path, manifest).unwrap();
     let out = dir.path().join("out");
