@@ -102,7 +102,7 @@ pub fn build(
             let summary = vhdx
                 .finish(&mut digests, Compaction::Auto)
                 .with_context(|| format!("finishing {}", image.display()))?;
-            let image_report = digests.report(&image_name, plan.disk_size, summary.file_size);
+            let image_report = digests.report(&image_name, plan.disk_size, Some(summary.file_size));
             Ok((produced, image_report, plan))
         })?,
     };
@@ -521,6 +521,8 @@ struct DataDigest {
     /// The 4 KiB block being filled and the file offset it starts at.
     block: Vec<u8>,
     block_offset: u64,
+    /// Bytes in the non-zero blocks seen: what a sparse file stores.
+    non_zero_bytes: u64,
 }
 
 const DIGEST_BLOCK: usize = 4096;
@@ -548,6 +550,7 @@ impl DataDigest {
             .collect();
         let start = self.block_offset;
         for (g, group) in groups.iter().enumerate() {
+            self.non_zero_bytes += (group.len() * DIGEST_BLOCK) as u64;
             for (i, digest) in group {
                 // Block indexes within `blocks`, a slice: they fit in u64.
                 let index = (g * GROUP / DIGEST_BLOCK + i) as u64;
@@ -563,6 +566,7 @@ impl DataDigest {
         if !is_zero(&self.block) {
             self.list.update(self.block_offset.to_le_bytes());
             self.list.update(Sha256::digest(&self.block));
+            self.non_zero_bytes += self.block.len() as u64;
         }
         self.block_offset += self.block.len() as u64;
         self.block.clear();
@@ -616,14 +620,17 @@ impl ImageDigests {
                 list: Sha256::new(),
                 block: Vec::with_capacity(DIGEST_BLOCK),
                 block_offset: 0,
+                non_zero_bytes: 0,
             },
         }
     }
 
-    fn report(mut self, name: &str, virtual_size: u64, stored_bytes: u64) -> ImageReport {
+    /// The report; `stored_bytes` defaults to the bytes of the non-zero blocks seen.
+    fn report(mut self, name: &str, virtual_size: u64, stored_bytes: Option<u64>) -> ImageReport {
         if !self.data.block.is_empty() {
             self.data.flush_block();
         }
+        let stored_bytes = stored_bytes.unwrap_or(self.data.non_zero_bytes);
         ImageReport {
             path: name.to_string(),
             sha256: self.whole.map(|h| hex(&h.finalize())),
@@ -675,7 +682,6 @@ fn describe_image(
 ) -> anyhow::Result<ImageReport> {
     let len = file.metadata()?.len();
     let mut digests = ImageDigests::new(whole_file);
-    let mut stored = 0u64;
     let mut buf = vec![0u8; 1 << 20];
     let block = DIGEST_BLOCK as u64;
     let ranges = if whole_file {
@@ -699,11 +705,6 @@ fn describe_image(
             let n = usize::try_from(end - offset).unwrap_or(usize::MAX).min(buf.len());
             let chunk = &mut buf[..n];
             file.read_exact_at(chunk, offset).map_err(|e| read_error(e, offset))?;
-            stored += chunk
-                .chunks(DIGEST_BLOCK)
-                .filter(|b| !is_zero(b))
-                .map(|b| b.len() as u64)
-                .sum::<u64>();
             digests.data(offset, chunk);
             offset += n as u64;
         }
@@ -712,7 +713,7 @@ fn describe_image(
     if hashed_to < len {
         digests.zeros(hashed_to, len - hashed_to);
     }
-    Ok(digests.report(name, virtual_size, stored))
+    Ok(digests.report(name, virtual_size, None))
 }
 
 fn read_error(err: io::Error, offset: u64) -> anyhow::Error {
@@ -773,7 +774,7 @@ mod tests {
                 }
                 at = end;
             }
-            let report = digests.report("x", 0, 0);
+            let report = digests.report("x", 0, Some(0));
             assert_eq!(report.sha256.as_deref(), Some(sha256.as_str()), "pieces of {cut}");
             assert_eq!(report.data_sha256, data_sha256, "pieces of {cut}");
         }

@@ -535,15 +535,7 @@ impl Writer<'_> {
         let plan = self.plan;
         let node = plan.tree.node(id);
         let meta = &node.meta;
-        let type_bits = match &node.kind {
-            NodeKind::Directory(_) => inode::S_IFDIR,
-            NodeKind::File(_) => inode::S_IFREG,
-            NodeKind::Symlink(_) => inode::S_IFLNK,
-            NodeKind::CharDevice { .. } => inode::S_IFCHR,
-            NodeKind::BlockDevice { .. } => inode::S_IFBLK,
-            NodeKind::Fifo => inode::S_IFIFO,
-            NodeKind::Socket => inode::S_IFSOCK,
-        };
+        let (type_bits, _) = type_codes(&node.kind);
         let mut inode =
             Inode::new(type_bits | (meta.permissions & 0o7777), meta.uid, meta.gid, meta.mtime);
         // Directories with more than 65000 subdirectories count 1 (dir_nlink).
@@ -575,15 +567,7 @@ impl Writer<'_> {
                     });
                 }
                 for (name, child) in children {
-                    let file_type = match &plan.tree.node(*child).kind {
-                        NodeKind::Directory(_) => dir::FT_DIR,
-                        NodeKind::File(_) => dir::FT_REG,
-                        NodeKind::Symlink(_) => dir::FT_SYMLINK,
-                        NodeKind::CharDevice { .. } => dir::FT_CHR,
-                        NodeKind::BlockDevice { .. } => dir::FT_BLK,
-                        NodeKind::Fifo => dir::FT_FIFO,
-                        NodeKind::Socket => dir::FT_SOCK,
-                    };
+                    let (_, file_type) = type_codes(&plan.tree.node(*child).kind);
                     entries.push(dir::DirEntry {
                         name,
                         ino: plan.node_ino[child.index()],
@@ -845,6 +829,19 @@ impl Writer<'_> {
 fn log_groups_per_flex(groups: u32) -> u8 {
     let bits = u32::BITS - groups.saturating_sub(1).leading_zeros();
     u8::try_from(bits.max(4)).unwrap_or(31)
+}
+
+/// The inode mode's type bits and the directory entry's file type of a node.
+fn type_codes(kind: &NodeKind) -> (u16, u8) {
+    match kind {
+        NodeKind::Directory(_) => (inode::S_IFDIR, dir::FT_DIR),
+        NodeKind::File(_) => (inode::S_IFREG, dir::FT_REG),
+        NodeKind::Symlink(_) => (inode::S_IFLNK, dir::FT_SYMLINK),
+        NodeKind::CharDevice { .. } => (inode::S_IFCHR, dir::FT_CHR),
+        NodeKind::BlockDevice { .. } => (inode::S_IFBLK, dir::FT_BLK),
+        NodeKind::Fifo => (inode::S_IFIFO, dir::FT_FIFO),
+        NodeKind::Socket => (inode::S_IFSOCK, dir::FT_SOCK),
+    }
 }
 
 #[cfg(test)]

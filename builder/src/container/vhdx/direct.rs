@@ -228,16 +228,17 @@ impl<'f> DirectVhdx<'f> {
 
     /// Collapses the gaps, last first, so each offset is still that of the map.
     fn collapse_gaps(&self, present: &[u64]) -> Result<(), CollapseError> {
-        for (i, gap) in Self::gaps(present).iter().enumerate().rev() {
+        for (attempt, gap) in Self::gaps(present).iter().rev().enumerate() {
             let offset = self.mapped(gap.start);
             let len = (gap.end - gap.start) * self.geometry.block_size;
             match rustix::fs::fallocate(self.file, FallocateFlags::COLLAPSE_RANGE, offset, len) {
                 Ok(()) => {}
+                // Refused at the first gap, nothing has moved: the file system has no collapse.
                 Err(
                     rustix::io::Errno::OPNOTSUPP
                     | rustix::io::Errno::INVAL
                     | rustix::io::Errno::NOSYS,
-                ) if i + 1 == Self::gaps(present).len() => return Err(CollapseError::Unsupported),
+                ) if attempt == 0 => return Err(CollapseError::Unsupported),
                 Err(err) => return Err(CollapseError::Io(err.into())),
             }
         }
