@@ -898,3 +898,85 @@ fn thread_cpu_time() -> std::time::Duration {
     let nanoseconds = text.split(' ').next().and_then(|n| n.parse().ok()).unwrap_or(0);
     std::time::Duration::from_nanos(nanoseconds)
 }
+
+/// `mkfs ext4 --size` from a directory writes the image while the directory is read
+/// (`write_ext4_while_loading`): its bytes are those of the tree loaded first, for a
+/// roomy, an exactly sized and a too small file system (same error), with and
+/// without owner mapping, clamping and exclusions.
+#[test]
+fn an_ext4_image_written_while_loading_is_that_of_the_loaded_tree() {
+    use abforge::source::dir::{Streamed, write_ext4_while_loading, write_while_loading};
+    use abforge_partitions::ext4::{self, Ext4Options};
+    use abforge_partitions::{FileRegion, Guid};
+
+    let temp = tempfile::tempdir().unwrap();
+    let root = temp.path().join("root");
+    generate_tree(&root);
+    let ext4_options = Ext4Options {
+        uuid: "0b9cbdd6-5d53-4d39-9a49-1fc54e1d0c1f".parse::<Guid>().unwrap(),
+        direct_io: true,
+        ..Ext4Options::default()
+    };
+    let variants = [
+        SourceOptions::default(),
+        SourceOptions {
+            owner: Some(OwnerMapping::force(0, 0)),
+            source_date_epoch: Some(1_650_000_000),
+            exclude: vec![Exclude::new("/etc/pass*").unwrap()],
+            ..SourceOptions::default()
+        },
+    ];
+    let image = |name: &str, size: u64, write: &dyn Fn(&fs::File) -> anyhow::Result<()>| {
+        let path = temp.path().join(name);
+        let file = fs::File::options()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .open(&path)
+            .unwrap();
+        file.set_len(size).unwrap();
+        write(&file).map(|()| fs::read(&path).unwrap()).map_err(|err| format!("{err:#}"))
+    };
+    let mut cases = 0;
+    for opts in &variants {
+        let tree = load(&root, opts);
+        let needed = ext4::min_size(&tree, &ext4_options).unwrap();
+        // `needed` is a bound: a little less may fit (holes are found by reading).
+        for size in [needed + (8 << 20), needed, needed - 4096, needed / 8192 * 4096] {
+            let loaded = image("loaded.img", size, &|file| {
+                ext4::write(&tree, &ext4_options, FileRegion::new(file, 0, size))?;
+                Ok(())
+            });
+            let streamed = image("streamed.img", size, &|file| {
+                write_ext4_while_loading(&root, opts, &ext4_options, file, size)?;
+                Ok(())
+            });
+            match (&loaded, &streamed) {
+                (Ok(a), Ok(b)) => assert!(a == b, "different images for {size} bytes"),
+                (Err(a), Err(b)) => assert_eq!(a, b),
+                _ => {
+                    panic!("{size} bytes: loaded {:?}, streamed {:?}", loaded.err(), streamed.err())
+                }
+            }
+            if size >= needed {
+                assert!(loaded.is_ok(), "{size} bytes, {needed} needed: {:?}", loaded.err());
+            } else if size < needed / 2 + 4096 {
+                let error = loaded.as_ref().expect_err("half the size needed fitted");
+                assert!(error.contains("needs an ext4 file system of"), "{error}");
+            }
+            cases += 1;
+        }
+    }
+    assert_eq!(cases, 8);
+    // With room to spare, the image is written from the stream, not again afterwards.
+    let size = 64 << 20;
+    let file = fs::File::create(temp.path().join("roomy.img")).unwrap();
+    file.set_len(size).unwrap();
+    let streamed = write_while_loading(&root, &variants[1], |skeleton, pending| {
+        let region = FileRegion::new(&file, 0, size);
+        Ok(ext4::write_streamed(skeleton, pending, &ext4_options, region)?)
+    })
+    .unwrap();
+    assert!(matches!(streamed, Streamed::Written(_)), "the streamed image was not used");
+}

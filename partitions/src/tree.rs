@@ -15,7 +15,7 @@ use std::collections::BTreeMap;
 use std::fmt;
 use std::io;
 use std::ops::Range;
-use std::sync::Arc;
+use std::sync::{Arc, Condvar, Mutex, OnceLock, PoisonError};
 
 /// Index of a node in its [`FileTree`].
 #[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Debug)]
@@ -299,13 +299,15 @@ impl FileTree {
 
     fn attach(&mut self, parent: NodeId, name: &[u8], id: NodeId) -> Result<(), TreeError> {
         match &mut self.nodes[parent.0].kind {
-            NodeKind::Directory(children) => {
-                if children.contains_key(name) {
-                    return Err(TreeError::Exists { path: name.to_vec() });
+            NodeKind::Directory(children) => match children.entry(name.to_vec()) {
+                std::collections::btree_map::Entry::Occupied(_) => {
+                    Err(TreeError::Exists { path: name.to_vec() })
                 }
-                children.insert(name.to_vec(), id);
-                Ok(())
-            }
+                std::collections::btree_map::Entry::Vacant(slot) => {
+                    slot.insert(id);
+                    Ok(())
+                }
+            },
             _ => Err(TreeError::NotADirectory { path: name.to_vec() }),
         }
     }
@@ -397,9 +399,89 @@ impl FileTree {
         out
     }
 
+    /// Makes room for `additional` more nodes.
+    pub fn reserve(&mut self, additional: usize) {
+        self.nodes.reserve(additional);
+    }
+
     /// Number of nodes ever allocated (reachable or not).
     pub fn node_count(&self) -> usize {
         self.nodes.len()
+    }
+}
+
+/// The nodes of a tree that are still being read, so that a writer can start on a
+/// tree's skeleton (every directory whole, every other node's kind known from the
+/// directory listing) while a loader fills in the rest in canonical order.
+///
+/// The loader fills slots ([`PendingNodes::fill`]) and now and then says up to which
+/// node everything is filled ([`PendingNodes::publish`]); a writer that finds a slot
+/// empty sleeps until then. Waking once per published batch rather than once per node
+/// keeps the two from trading the processor back and forth for every file. A loader
+/// must end with [`PendingNodes::stop`], after which an empty slot stays empty.
+#[derive(Debug)]
+pub struct PendingNodes {
+    slots: Vec<OnceLock<Node>>,
+    /// Every slot below `ready` is filled (or the loader stopped).
+    progress: Mutex<Progress>,
+    changed: Condvar,
+}
+
+#[derive(Debug, Default)]
+struct Progress {
+    ready: usize,
+    stopped: bool,
+}
+
+impl PendingNodes {
+    /// Slots for the nodes of a tree of `count` nodes (only the pending ones are used).
+    pub fn new(count: usize) -> PendingNodes {
+        PendingNodes {
+            slots: (0..count).map(|_| OnceLock::new()).collect(),
+            progress: Mutex::new(Progress::default()),
+            changed: Condvar::new(),
+        }
+    }
+
+    /// Hands over the node `id` (a second fill of the same slot is ignored).
+    pub fn fill(&self, id: NodeId, node: Node) {
+        let _ = self.slots[id.0].set(node);
+    }
+
+    /// Says that every pending node numbered below `ready` is filled.
+    pub fn publish(&self, ready: usize) {
+        let mut progress = self.progress.lock().unwrap_or_else(PoisonError::into_inner);
+        if ready > progress.ready {
+            progress.ready = ready;
+            self.changed.notify_all();
+        }
+    }
+
+    /// Says that no more nodes are coming, waking whoever waits.
+    pub fn stop(&self) {
+        self.progress.lock().unwrap_or_else(PoisonError::into_inner).stopped = true;
+        self.changed.notify_all();
+    }
+
+    /// The node `id` once the loader has filled it; `None` when the loader stopped first.
+    pub fn wait(&self, id: NodeId) -> Option<&Node> {
+        if let Some(node) = self.slots[id.0].get() {
+            return Some(node);
+        }
+        let mut progress = self.progress.lock().unwrap_or_else(PoisonError::into_inner);
+        while progress.ready <= id.0 && !progress.stopped {
+            progress = self.changed.wait(progress).unwrap_or_else(PoisonError::into_inner);
+        }
+        self.slots[id.0].get()
+    }
+
+    /// Puts the filled nodes into `tree` (the skeleton they belong to), making it whole.
+    pub fn complete(self, tree: &mut FileTree) {
+        for (index, slot) in self.slots.into_iter().enumerate() {
+            if let Some(node) = slot.into_inner() {
+                tree.nodes[index] = node;
+            }
+        }
     }
 }
 
@@ -422,6 +504,42 @@ mod tests {
 
     fn file(bytes: &[u8]) -> Node {
         Node { meta: meta(), kind: NodeKind::File(Content::Bytes(Arc::from(bytes))) }
+    }
+
+    #[test]
+    fn pending_nodes_wake_their_waiter_per_batch_and_on_stop() {
+        let pending = PendingNodes::new(4);
+        let mut skeleton = FileTree::new(meta());
+        let root = skeleton.root();
+        let ids: Vec<NodeId> =
+            (0..3).map(|i| skeleton.add(root, &[b'a' + i], file(b"")).unwrap()).collect();
+        // A filled slot is there at once, published or not.
+        pending.fill(ids[0], file(b"zero"));
+        assert!(
+            matches!(pending.wait(ids[0]), Some(node) if matches!(node.kind, NodeKind::File(_)))
+        );
+        std::thread::scope(|scope| {
+            let waiter = scope.spawn(|| pending.wait(ids[1]).map(|n| n.meta.uid));
+            std::thread::sleep(std::time::Duration::from_millis(20));
+            // Filled but not published: the waiter may see it or keep waiting.
+            let mut node = file(b"one");
+            node.meta.uid = 7;
+            pending.fill(ids[1], node);
+            pending.publish(ids[2].index());
+            assert_eq!(waiter.join().unwrap(), Some(7));
+            // Never filled: the waiter gets nothing once the loader stops.
+            let waiter = scope.spawn(|| pending.wait(ids[2]).is_none());
+            std::thread::sleep(std::time::Duration::from_millis(20));
+            pending.stop();
+            assert!(waiter.join().unwrap());
+        });
+        pending.complete(&mut skeleton);
+        assert!(
+            matches!(&skeleton.node(ids[1]).kind, NodeKind::File(Content::Bytes(b)) if &b[..] == b"one")
+        );
+        assert!(
+            matches!(&skeleton.node(ids[2]).kind, NodeKind::File(Content::Bytes(b)) if b.is_empty())
+        );
     }
 
     #[test]

@@ -278,24 +278,35 @@ fn mkfs_ext4_from_a_directory_and_its_tar_gives_the_same_image() {
             .arg(&tar)
             .arg("."),
     );
-    let from_dir = dir.path().join("dir.ext4");
-    let from_tar = dir.path().join("tar.ext4");
-    for (src, img) in [(source.as_path(), &from_dir), (tar.as_path(), &from_tar)] {
-        run_ok(&mut abforge([
-            "mkfs".as_ref(),
-            "ext4".as_ref(),
-            src.as_os_str(),
-            img.as_os_str(),
-            "--owner".as_ref(),
-            "0:0".as_ref(),
-            "--source-date-epoch".as_ref(),
-            "1700000000".as_ref(),
-            "--label".as_ref(),
-            "demo".as_ref(),
-        ]));
-        run_tool("e2fsck", ["-fn".as_ref(), img.as_os_str()]);
+    // Sized to fit, or given a size: then a directory is written while it is read.
+    for size in [None, Some("64MiB")] {
+        let from_dir = dir.path().join("dir.ext4");
+        let from_tar = dir.path().join("tar.ext4");
+        for (src, img) in [(source.as_path(), &from_dir), (tar.as_path(), &from_tar)] {
+            let mut args: Vec<&std::ffi::OsStr> = vec![
+                "mkfs".as_ref(),
+                "ext4".as_ref(),
+                src.as_os_str(),
+                img.as_os_str(),
+                "--owner".as_ref(),
+                "0:0".as_ref(),
+                "--source-date-epoch".as_ref(),
+                "1700000000".as_ref(),
+                "--label".as_ref(),
+                "demo".as_ref(),
+            ];
+            if let Some(size) = size {
+                args.push("--size".as_ref());
+                args.push(std::ffi::OsStr::new(size));
+            }
+            run_ok(&mut abforge(args));
+            run_tool("e2fsck", ["-fn".as_ref(), img.as_os_str()]);
+        }
+        assert_eq!(fs::read(&from_dir).unwrap(), fs::read(&from_tar).unwrap(), "size {size:?}");
+        if size.is_some() {
+            assert_eq!(fs::metadata(&from_dir).unwrap().len(), 64 << 20);
+        }
     }
-    assert_eq!(fs::read(&from_dir).unwrap(), fs::read(&from_tar).unwrap());
     // A size too small is refused with both sizes, and nothing is left behind.
     let small = dir.path().join("small.ext4");
     let result = run(&mut abforge([

@@ -15,6 +15,7 @@ use crate::error::UsageError;
 use crate::identity::Seed;
 use crate::inputs::DEFAULT_HEADROOM;
 use crate::manifest::Size;
+use crate::source::dir::write_ext4_while_loading;
 use crate::source::{OwnerMapping, SourceOptions, load_source};
 
 /// Make one file system image from a directory or a tar archive.
@@ -107,10 +108,8 @@ fn run_ext4(args: Ext4Args) -> anyhow::Result<ExitCode> {
     }
     let owner = args.owner.as_deref().map(parse_owner).transpose()?;
     let requested = args.size.as_deref().map(parse_size).transpose()?;
-    let tree = load_source(
-        &args.source,
-        &SourceOptions { owner, source_date_epoch: Some(sde), ..SourceOptions::default() },
-    )?;
+    let source_options =
+        SourceOptions { owner, source_date_epoch: Some(sde), ..SourceOptions::default() };
     let seed = Seed::new("abforge mkfs ext4");
     let identity = format!("{}\0{}\0{}", args.label, requested.unwrap_or(0), sde);
     let uuid = match &args.uuid {
@@ -128,15 +127,35 @@ fn run_ext4(args: Ext4Args) -> anyhow::Result<ExitCode> {
         direct_io: true,
         ..Ext4Options::default()
     };
-    let size = match requested {
-        Some(size) => size / 4096 * 4096,
-        None => (ext4::min_size(&tree, &options)? + DEFAULT_HEADROOM).div_ceil(1 << 20) << 20,
+    let writing = || format!("writing {}", args.image.display());
+    let cannot_size = || format!("cannot size {}", args.image.display());
+    let (summary, size) = match requested {
+        // A directory into a file system of a given size: written while it is read.
+        Some(size) if args.source.is_dir() => {
+            let size = size / 4096 * 4096;
+            write_atomically(&args.image, |file| {
+                file.set_len(size).with_context(cannot_size)?;
+                write_ext4_while_loading(&args.source, &source_options, &options, file, size)
+                    .with_context(writing)
+            })
+            .map(|summary| (summary, size))?
+        }
+        _ => {
+            let tree = load_source(&args.source, &source_options)?;
+            let size = match requested {
+                Some(size) => size / 4096 * 4096,
+                None => {
+                    (ext4::min_size(&tree, &options)? + DEFAULT_HEADROOM).div_ceil(1 << 20) << 20
+                }
+            };
+            write_atomically(&args.image, |file| {
+                file.set_len(size).with_context(cannot_size)?;
+                Ok(ext4::write(&tree, &options, FileRegion::new(file, 0, size))?)
+            })
+            .with_context(writing)
+            .map(|summary| (summary, size))?
+        }
     };
-    let summary = write_atomically(&args.image, |file| {
-        file.set_len(size).with_context(|| format!("cannot size {}", args.image.display()))?;
-        Ok(ext4::write(&tree, &options, FileRegion::new(file, 0, size))?)
-    })
-    .with_context(|| format!("writing {}", args.image.display()))?;
     eprintln!(
         "wrote {}: ext4, {}, {} used, {} inodes, UUID {}",
         args.image.display(),

@@ -29,7 +29,8 @@
 //! in memory (first come within the budget) varies, which changes no byte written.
 
 use std::collections::{BTreeMap, HashMap};
-use std::ffi::{CString, OsStr};
+use std::ffi::{CStr, CString, OsStr};
+use std::fmt::Display;
 use std::fs::File;
 use std::io;
 use std::ops::Range;
@@ -53,6 +54,10 @@ use rustix::io::Errno;
 
 use super::{SourceOptions, is_excluded, show};
 
+mod stream;
+
+pub use stream::{Streamed, write_ext4_while_loading, write_while_loading};
+
 /// Largest file read into memory while loading: one block. Such a file costs one
 /// more system call now and saves opening it again later; a larger one is cheaper
 /// to leave to the writer's reader threads, whose reading overlaps the writing of
@@ -75,10 +80,35 @@ struct Loaded {
     /// Tree path, for messages.
     tree_path: Vec<u8>,
     host_path: PathBuf,
+    node: LoadedNode,
+}
+
+/// What reading one entry gives.
+struct LoadedNode {
     meta: Metadata,
     /// Device and inode number when it is a non-directory with several names.
     hard_link: Option<(u32, u32, u64)>,
     what: What,
+}
+
+/// The host path of an entry, made only when it is needed (a message, a file read
+/// later, xattrs read by path): most entries never need it.
+#[derive(Clone, Copy)]
+struct HostPath<'a> {
+    dir: &'a Path,
+    name: &'a OsStr,
+}
+
+impl HostPath<'_> {
+    fn get(&self) -> PathBuf {
+        self.dir.join(self.name)
+    }
+}
+
+impl std::fmt::Display for HostPath<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        self.get().display().fmt(f)
+    }
 }
 
 enum What {
@@ -125,7 +155,7 @@ pub fn load_directory(root: &Path, opts: &SourceOptions) -> anyhow::Result<FileT
                 )
             })
         };
-        if let Some(inode) = entry.hard_link
+        if let Some(inode) = entry.node.hard_link
             && let Some(&first) = inodes.get(&inode)
         {
             tree.link(dir_id, &entry.name, first).with_context(|| {
@@ -133,17 +163,17 @@ pub fn load_directory(root: &Path, opts: &SourceOptions) -> anyhow::Result<FileT
             })?;
             continue;
         }
-        match entry.what {
+        match entry.node.what {
             What::Directory(listing) => {
-                let mut meta = entry.meta;
+                let mut meta = entry.node.meta;
                 meta.xattrs = listing.xattrs;
                 let node = Node { meta, kind: NodeKind::Directory(BTreeMap::new()) };
                 let id = added(&mut tree, node)?;
                 pending.push((id, listing.entries.into_iter()));
             }
             What::Other(kind) => {
-                let id = added(&mut tree, Node { meta: entry.meta, kind })?;
-                if let Some(inode) = entry.hard_link {
+                let id = added(&mut tree, Node { meta: entry.node.meta, kind })?;
+                if let Some(inode) = entry.node.hard_link {
                     inodes.insert(inode, id);
                 }
             }
@@ -163,7 +193,8 @@ impl Loader<'_> {
         tree_path: &[u8],
     ) -> anyhow::Result<Listing> {
         let cannot_read = || format!("cannot read the directory '{}'", dir_path.display());
-        let xattrs = XattrReader::default().read(XattrsOf::Fd(dir_fd.as_fd()), dir_path)?;
+        let xattrs =
+            XattrReader::default().read(XattrsOf::Fd(dir_fd.as_fd()), &dir_path.display())?;
         // Names with the type the listing gives (a hint: looked at again below).
         let mut names: Vec<(CString, FileType)> = Vec::new();
         for entry in Dir::read_from(&dir_fd).map_err(io::Error::from).with_context(cannot_read)? {
@@ -181,8 +212,20 @@ impl Loader<'_> {
         let loaded: Vec<anyhow::Result<Option<Loaded>>> = names
             .par_iter()
             .with_min_len(16)
-            .map_init(Scratch::default, |scratch, (name, listed)| {
-                self.read_entry(dir_fd.as_fd(), dir_path, tree_path, name, *listed, scratch)
+            .map_init(Scratch::default, |scratch, (c_name, listed)| {
+                let name = OsStr::from_bytes(c_name.as_bytes());
+                let entry_tree_path = child_path(tree_path, c_name.as_bytes());
+                if is_excluded(self.opts, &entry_tree_path) {
+                    return Ok(None);
+                }
+                let host = HostPath { dir: dir_path, name };
+                let node = self.read_entry(dir_fd.as_fd(), host, c_name, *listed, scratch)?;
+                Ok(Some(Loaded {
+                    name: c_name.as_bytes().to_vec(),
+                    tree_path: entry_tree_path,
+                    host_path: host.get(),
+                    node,
+                }))
             })
             .collect();
         drop(dir_fd);
@@ -190,7 +233,7 @@ impl Loader<'_> {
         let mut subdirs = Vec::new();
         for result in loaded {
             if let Some(entry) = result? {
-                if matches!(entry.what, What::Directory(_)) {
+                if matches!(entry.node.what, What::Directory(_)) {
                     subdirs.push(entries.len());
                 }
                 entries.push(entry);
@@ -209,35 +252,23 @@ impl Loader<'_> {
             })
             .collect();
         for (index, listing) in listings {
-            entries[index].what = What::Directory(listing?);
+            entries[index].node.what = What::Directory(listing?);
         }
         Ok(Listing { xattrs, entries })
     }
 
-    /// Reads the entry `name` of the open directory `dir_fd` (`listed`: the type the
-    /// listing gave); `None` when excluded. A directory comes back empty, its
+    /// Reads the entry `c_name` of the open directory `dir_fd` (`host` on the host;
+    /// `listed`: the type the listing gave). A directory comes back empty, its
     /// contents still to read.
     fn read_entry(
         &self,
         dir_fd: BorrowedFd<'_>,
-        dir_path: &Path,
-        tree_path: &[u8],
-        c_name: &CString,
+        host: HostPath<'_>,
+        c_name: &CStr,
         listed: FileType,
         scratch: &mut Scratch,
-    ) -> anyhow::Result<Option<Loaded>> {
+    ) -> anyhow::Result<LoadedNode> {
         let xattrs = &mut scratch.xattrs;
-        let name = c_name.as_bytes();
-        let mut entry_tree_path = Vec::with_capacity(tree_path.len() + 1 + name.len());
-        entry_tree_path.extend_from_slice(tree_path);
-        if !entry_tree_path.is_empty() {
-            entry_tree_path.push(b'/');
-        }
-        entry_tree_path.extend_from_slice(name);
-        if is_excluded(self.opts, &entry_tree_path) {
-            return Ok(None);
-        }
-        let host_path = dir_path.join(OsStr::from_bytes(name));
         // One stat per entry, never following a link. A file listed as regular is
         // opened first and looked at through its descriptor (one name lookup, not
         // two); the stat says what it really is, and anything else, or a failure,
@@ -261,7 +292,7 @@ impl Loader<'_> {
                 let stat =
                     statx(dir_fd, c_name, AtFlags::SYMLINK_NOFOLLOW, StatxFlags::BASIC_STATS)
                         .map_err(io::Error::from)
-                        .with_context(|| format!("cannot stat '{}'", host_path.display()))?;
+                        .with_context(|| format!("cannot stat '{host}'"))?;
                 (None, stat)
             }
         };
@@ -287,20 +318,20 @@ impl Loader<'_> {
                         Mode::empty(),
                     )
                     .map_err(io::Error::from)
-                    .with_context(|| format!("cannot read '{}'", host_path.display()))?,
+                    .with_context(|| format!("cannot read '{host}'"))?,
                 };
-                meta.xattrs = xattrs.read(XattrsOf::Fd(file.as_fd()), &host_path)?;
+                meta.xattrs = xattrs.read(XattrsOf::Fd(file.as_fd()), &host)?;
                 let file = File::from(file);
                 let len = stat.stx_size;
                 let content = if len == 0 {
                     Content::empty()
                 } else if len <= INLINE_MAX && self.take_inline(len) {
-                    Content::Bytes(read_whole(&file, len, &host_path, &mut scratch.content)?)
+                    Content::Bytes(read_whole(&file, len, &host, &mut scratch.content)?)
                 } else {
                     let ranges = data_ranges_of(&file, len)
-                        .with_context(|| format!("cannot read '{}'", host_path.display()))?;
+                        .with_context(|| format!("cannot read '{host}'"))?;
                     Content::Source(Arc::new(HostFile {
-                        path: host_path.clone(),
+                        path: host.get(),
                         len,
                         ranges: Some(ranges),
                     }))
@@ -308,10 +339,9 @@ impl Loader<'_> {
                 NodeKind::File(content)
             }
             FileType::Symlink => {
-                let target =
-                    readlinkat(dir_fd, c_name, Vec::new()).map_err(io::Error::from).with_context(
-                        || format!("cannot read the symbolic link '{}'", host_path.display()),
-                    )?;
+                let target = readlinkat(dir_fd, c_name, Vec::new())
+                    .map_err(io::Error::from)
+                    .with_context(|| format!("cannot read the symbolic link '{host}'"))?;
                 NodeKind::Symlink(target.into_bytes())
             }
             FileType::CharacterDevice => {
@@ -323,12 +353,12 @@ impl Loader<'_> {
             FileType::Fifo => NodeKind::Fifo,
             FileType::Socket => NodeKind::Socket,
             FileType::Unknown => {
-                anyhow::bail!("'{}' has a file type abforge does not know", host_path.display())
+                anyhow::bail!("'{host}' has a file type abforge does not know")
             }
         };
         if !matches!(kind, NodeKind::Directory(_) | NodeKind::File(_)) {
             // Not opened (a FIFO or device must not be): xattrs by path.
-            meta.xattrs = xattrs.read(XattrsOf::Path(&host_path), &host_path)?;
+            meta.xattrs = xattrs.read(XattrsOf::Path(&host.get()), &host)?;
         }
         let what = match kind {
             NodeKind::Directory(_) => {
@@ -336,15 +366,7 @@ impl Loader<'_> {
             }
             kind => What::Other(kind),
         };
-        let loaded = Loaded {
-            name: name.to_vec(),
-            tree_path: entry_tree_path,
-            host_path,
-            meta,
-            hard_link,
-            what,
-        };
-        Ok(Some(loaded))
+        Ok(LoadedNode { meta, hard_link, what })
     }
 
     /// Takes `len` bytes from the small-file budget, if that many are left.
@@ -353,6 +375,17 @@ impl Loader<'_> {
             .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |left| left.checked_sub(len))
             .is_ok()
     }
+}
+
+/// The tree path of the entry `name` of the directory at `dir` in the tree.
+fn child_path(dir: &[u8], name: &[u8]) -> Vec<u8> {
+    let mut path = Vec::with_capacity(dir.len() + 1 + name.len());
+    path.extend_from_slice(dir);
+    if !path.is_empty() {
+        path.push(b'/');
+    }
+    path.extend_from_slice(name);
+    path
 }
 
 /// Buffers one loading thread reuses from entry to entry.
@@ -368,7 +401,7 @@ struct Scratch {
 fn read_whole(
     file: &File,
     len: u64,
-    path: &Path,
+    path: &dyn Display,
     scratch: &mut Vec<u8>,
 ) -> anyhow::Result<Arc<[u8]>> {
     // `len` is at most INLINE_MAX.
@@ -380,14 +413,13 @@ fn read_whole(
     let mut done = 0;
     while done < bytes.len() {
         match file.read_at(&mut bytes[done..], done as u64) {
-            Ok(0) => anyhow::bail!(
-                "cannot read '{}': it shrank to {done} bytes while being read",
-                path.display()
-            ),
+            Ok(0) => {
+                anyhow::bail!("cannot read '{path}': it shrank to {done} bytes while being read")
+            }
             Ok(n) => done += n,
             Err(err) if err.kind() == io::ErrorKind::Interrupted => {}
             Err(err) => {
-                return Err(err).with_context(|| format!("cannot read '{}'", path.display()));
+                return Err(err).with_context(|| format!("cannot read '{path}'"));
             }
         }
     }
@@ -465,10 +497,10 @@ impl XattrReader {
     fn read(
         &mut self,
         of: XattrsOf<'_>,
-        path: &Path,
+        path: &dyn Display,
     ) -> anyhow::Result<BTreeMap<Vec<u8>, Vec<u8>>> {
         let mut out = BTreeMap::new();
-        let cannot_list = || format!("cannot list the extended attributes of '{}'", path.display());
+        let cannot_list = || format!("cannot list the extended attributes of '{path}'");
         let names_len = loop {
             if self.names.is_empty() {
                 self.names.resize(4096, 0);
@@ -509,14 +541,13 @@ impl XattrReader {
     fn value_of(
         &mut self,
         of: XattrsOf<'_>,
-        path: &Path,
+        path: &dyn Display,
         name: &[u8],
     ) -> anyhow::Result<Option<Vec<u8>>> {
         let describe = || {
             format!(
-                "cannot read the extended attribute '{}' of '{}'",
+                "cannot read the extended attribute '{}' of '{path}'",
                 String::from_utf8_lossy(name),
-                path.display()
             )
         };
         loop {

@@ -142,17 +142,7 @@ pub fn load_source(path: &Path, opts: &SourceOptions) -> anyhow::Result<FileTree
 /// [`FileTree::walk`] first reaches them, unreachable nodes dropped, excluded
 /// paths left out, owners mapped and times clamped.
 pub fn canonicalize(mut raw: FileTree, opts: &SourceOptions) -> FileTree {
-    let clamp = opts.source_date_epoch.map(Timestamp::from_seconds);
-    let finish = |mut meta: Metadata| {
-        if let Some(owner) = &opts.owner {
-            meta.uid = owner.map_uid(meta.uid);
-            meta.gid = owner.map_gid(meta.gid);
-        }
-        if let Some(limit) = clamp {
-            meta.mtime = meta.mtime.clamped_to(limit);
-        }
-        meta
-    };
+    let finish = |meta: Metadata| finish_meta(opts, meta);
 
     let raw_root = raw.root();
     let root_meta = std::mem::take(&mut raw.node_mut(raw_root).meta);
@@ -207,6 +197,18 @@ pub fn canonicalize(mut raw: FileTree, opts: &SourceOptions) -> FileTree {
         }
     }
     tree
+}
+
+/// A node's metadata as the tree holds it: owners mapped, time clamped.
+fn finish_meta(opts: &SourceOptions, mut meta: Metadata) -> Metadata {
+    if let Some(owner) = &opts.owner {
+        meta.uid = owner.map_uid(meta.uid);
+        meta.gid = owner.map_gid(meta.gid);
+    }
+    if let Some(limit) = opts.source_date_epoch.map(Timestamp::from_seconds) {
+        meta.mtime = meta.mtime.clamped_to(limit);
+    }
+    meta
 }
 
 fn take_children(tree: &mut FileTree, dir: NodeId) -> BTreeMap<Vec<u8>, NodeId> {

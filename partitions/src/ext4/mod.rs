@@ -67,7 +67,7 @@ mod xattr;
 
 pub use superblock::{Ext4Info, probe};
 
-use crate::tree::{FileTree, Timestamp};
+use crate::tree::{FileTree, PendingNodes, Timestamp};
 use crate::{FileRegion, Guid};
 use std::io;
 
@@ -182,6 +182,9 @@ pub enum Ext4Error {
     OutOfSpace { path: String },
     #[error("internal error: the file reader thread stopped before '/{path}' was read")]
     ReaderStopped { path: String },
+    /// The loader of a streamed tree stopped before this node: its own error says why.
+    #[error("the source stopped being read before '/{path}'")]
+    SourceStopped { path: String },
 }
 
 /// Smallest size in bytes (a multiple of 4096) of a region that [`write()`] accepts for
@@ -212,12 +215,50 @@ pub fn write(
         geometry = plan::Geometry::new(blocks, &plan, opts)?;
     }
     match geometry {
-        Some(geometry) if geometry.fits(&plan) => write::write(&plan, geometry, opts, region),
+        Some(geometry) if geometry.fits(&plan) => {
+            Ok(write::write(&plan, geometry, opts, region)?.0)
+        }
         _ => Err(Ext4Error::TooSmall {
             needed: plan::min_blocks(&plan, opts)? * BLOCK_SIZE,
             available: region.len(),
         }),
     }
+}
+
+/// Writes the file system for a tree still being read: `skeleton` holds every
+/// directory whole and every other node's kind, and `pending` receives those nodes,
+/// filled in canonical order by a loader running alongside (which must end with
+/// [`PendingNodes::stop`]). Writing starts at once and waits for each node as it comes
+/// to it, so reading the source and writing the image overlap.
+///
+/// The bytes are those [`write()`] gives for the completed tree. Whether the tree fits
+/// is only known at the end: `Ok(None)` says it did not fit (by the same measure
+/// [`write()`] uses first) or ran out of room, and the caller should write the whole
+/// tree with [`write()`], which fits it more closely or says how much is needed.
+/// [`Ext4Error::SourceStopped`] means the loader stopped: its own error is the one to
+/// report.
+pub fn write_streamed(
+    skeleton: &FileTree,
+    pending: &PendingNodes,
+    opts: &Ext4Options,
+    region: FileRegion<'_>,
+) -> Result<Option<Ext4Summary>, Ext4Error> {
+    check_options(opts)?;
+    let blocks = region.len() / BLOCK_SIZE;
+    let mut plan = plan::Plan::streamed(skeleton, pending, opts)?;
+    // The geometry depends on the inode count only, which the skeleton gives.
+    let Some(geometry) = plan::Geometry::new(blocks, &plan, opts)? else {
+        return Ok(None);
+    };
+    let (summary, needs) = match write::write(&plan, geometry, opts, region) {
+        Ok(written) => written,
+        Err(Ext4Error::OutOfSpace { .. }) => return Ok(None),
+        Err(error) => return Err(error),
+    };
+    plan.content_blocks += needs.blocks;
+    plan.slack_blocks += needs.slack;
+    let fits = plan::Geometry::new(blocks, &plan, opts)?.is_some_and(|g| g.fits(&plan));
+    Ok(fits.then_some(summary))
 }
 
 fn check_options(opts: &Ext4Options) -> Result<(), Ext4Error> {

@@ -8,7 +8,7 @@ use super::extent::{self, ExtentList, MAX_EXTENT_LEN};
 use super::{BLOCK_SIZE, BLOCK_SIZE_USIZE, BLOCKS_PER_GROUP, Ext4Error, Ext4Options, FIRST_INO};
 use super::{INODE_SIZE, ROOT_INO};
 use super::{dir, journal, xattr};
-use crate::tree::{Content, FileTree, NodeId, NodeKind};
+use crate::tree::{Content, FileTree, Node, NodeId, NodeKind, PendingNodes};
 use std::ops::Range;
 
 /// Longest file: logical block numbers are 32-bit.
@@ -56,7 +56,11 @@ impl Entry {
 
 #[derive(Debug)]
 pub(crate) struct Plan<'t> {
+    /// The tree, or its skeleton when `pending` holds its other nodes.
     pub tree: &'t FileTree,
+    /// Non-directory nodes still being read (see [`PendingNodes`]): their blocks and
+    /// checks are left to the writer, which counts them in as it meets them.
+    pub pending: Option<&'t PendingNodes>,
     /// In inode-number order.
     pub entries: Vec<Entry>,
     /// Inode number of each node (0 when unreachable).
@@ -72,10 +76,13 @@ pub(crate) struct Plan<'t> {
 }
 
 /// Block ranges (logical, sorted, merged) of a file that may hold data.
-pub(crate) fn data_block_runs(content: &Content, path: &str) -> Result<Vec<Range<u64>>, Ext4Error> {
+pub(crate) fn data_block_runs(
+    content: &Content,
+    entry: &Entry,
+) -> Result<Vec<Range<u64>>, Ext4Error> {
     let len = content.len();
     let mut ranges = content.data_ranges().map_err(|source| Ext4Error::Content {
-        path: path.to_string(),
+        path: entry.path_string(),
         source_name: content.describe(),
         source,
     })?;
@@ -103,8 +110,8 @@ pub(crate) fn is_zero(block: &[u8]) -> bool {
 }
 
 /// The data blocks and extent count of a file: from its data ranges, or exactly.
-fn file_blocks(content: &Content, path: &str, mode: Mode) -> Result<(u64, u64), Ext4Error> {
-    let runs = data_block_runs(content, path)?;
+fn file_blocks(content: &Content, entry: &Entry, mode: Mode) -> Result<(u64, u64), Ext4Error> {
+    let runs = data_block_runs(content, entry)?;
     let mut blocks = 0;
     let mut extents = 0;
     match mode {
@@ -125,7 +132,7 @@ fn file_blocks(content: &Content, path: &str, mode: Mode) -> Result<(u64, u64), 
                     let bytes = &mut buf[..BLOCK_SIZE_USIZE * usize::try_from(n).unwrap_or(256)];
                     content.read_exact_at(bytes, block * BLOCK_SIZE).map_err(|source| {
                         Ext4Error::Content {
-                            path: path.to_string(),
+                            path: entry.path_string(),
                             source_name: content.describe(),
                             source,
                         }
@@ -150,6 +157,26 @@ fn file_blocks(content: &Content, path: &str, mode: Mode) -> Result<(u64, u64), 
 impl<'t> Plan<'t> {
     pub(crate) fn new(
         tree: &'t FileTree,
+        opts: &Ext4Options,
+        mode: Mode,
+    ) -> Result<Plan<'t>, Ext4Error> {
+        Plan::with_pending(tree, None, opts, mode)
+    }
+
+    /// The plan of a tree whose non-directories are still being read into `pending`:
+    /// numbered, linked and counted from the skeleton, leaving out what the pending
+    /// nodes need (see [`Plan::pending`]).
+    pub(crate) fn streamed(
+        skeleton: &'t FileTree,
+        pending: &'t PendingNodes,
+        opts: &Ext4Options,
+    ) -> Result<Plan<'t>, Ext4Error> {
+        Plan::with_pending(skeleton, Some(pending), opts, Mode::Bound)
+    }
+
+    fn with_pending(
+        tree: &'t FileTree,
+        pending: Option<&'t PendingNodes>,
         opts: &Ext4Options,
         mode: Mode,
     ) -> Result<Plan<'t>, Ext4Error> {
@@ -240,7 +267,6 @@ impl<'t> Plan<'t> {
                 continue;
             };
             let node = tree.node(id);
-            let path = entry.path_string();
             // Links: names for non-directories; 2 + subdirectories for directories.
             entry.links = match &node.kind {
                 NodeKind::Directory(children) => {
@@ -251,48 +277,31 @@ impl<'t> Plan<'t> {
                 _ => names[id.index()],
             };
             if !entry.is_dir && entry.links > MAX_LINKS {
-                return Err(Ext4Error::TooManyLinks { path, count: entry.links });
+                return Err(Ext4Error::TooManyLinks {
+                    path: entry.path_string(),
+                    count: entry.links,
+                });
             }
-            let attrs = xattr::prepare(&node.meta.xattrs).map_err(|p| xattr_error(&path, p))?;
-            let (_, in_block) = xattr::place(attrs).map_err(|p| xattr_error(&path, p))?;
-            if !in_block.is_empty() {
-                content_blocks += 1;
-            }
-            match &node.kind {
-                NodeKind::Directory(children) => {
-                    let mut lens: Vec<usize> = children.keys().map(|n| n.len()).collect();
-                    if id == root && made_lost_found {
-                        lens.push(b"lost+found".len());
-                    }
-                    let mut blocks = dir::block_count(lens.into_iter());
-                    if entry.ino == FIRST_INO {
-                        blocks = blocks.max(4);
-                    }
-                    content_blocks += blocks + extent::tree_blocks(blocks.div_ceil(MAX_EXTENT_LEN));
+            if let NodeKind::Directory(children) = &node.kind {
+                content_blocks += xattr_blocks(node, entry)?;
+                let mut lens: Vec<usize> = children.keys().map(|n| n.len()).collect();
+                if id == root && made_lost_found {
+                    lens.push(b"lost+found".len());
                 }
-                NodeKind::File(content) => {
-                    if content.len() > (MAX_FILE_BLOCKS - 1) * BLOCK_SIZE {
-                        return Err(Ext4Error::FileTooLarge { path, size: content.len() });
-                    }
-                    let (blocks, extents) = file_blocks(content, &path, mode)?;
-                    content_blocks += blocks + extent::tree_blocks(extents);
-                    // Holes found while writing can deepen a tree by one or two blocks
-                    // past 1360 extents (see the module notes in write.rs).
-                    if mode == Mode::Bound && blocks > 1360 {
-                        slack_blocks += 2;
-                    }
+                let mut blocks = dir::block_count(lens.into_iter());
+                if entry.ino == FIRST_INO {
+                    blocks = blocks.max(4);
                 }
-                NodeKind::Symlink(target) => {
-                    check_symlink(target, &path)?;
-                    if target.len() >= 60 {
-                        content_blocks += 1;
-                    }
-                }
-                _ => {}
+                content_blocks += blocks + extent::tree_blocks(blocks.div_ceil(MAX_EXTENT_LEN));
+            } else if pending.is_none() {
+                let needs = Needs::of(node, entry, mode)?;
+                content_blocks += needs.blocks;
+                slack_blocks += needs.slack;
             }
         }
         Ok(Plan {
             tree,
+            pending,
             entries,
             node_ino,
             last_ino,
@@ -303,23 +312,85 @@ impl<'t> Plan<'t> {
     }
 }
 
-fn xattr_error(path: &str, problem: xattr::XattrProblem) -> Ext4Error {
-    match problem {
-        xattr::XattrProblem::NameTooLong(name) => Ext4Error::BadXattr {
-            path: path.to_string(),
-            name: String::from_utf8_lossy(&name).into_owned(),
-            reason: "its name is longer than 255 bytes after the namespace prefix",
-        },
-        xattr::XattrProblem::BadAcl(name, reason) => Ext4Error::BadXattr {
-            path: path.to_string(),
-            name: String::from_utf8_lossy(&name).into_owned(),
-            reason,
-        },
-        xattr::XattrProblem::TooLarge => Ext4Error::XattrsTooLarge { path: path.to_string() },
+impl Plan<'_> {
+    /// The node of `entry`, waiting for it when it is still being read; an error
+    /// when the loader stopped before reaching it.
+    pub(crate) fn node(&self, entry: &Entry, id: NodeId) -> Result<&Node, Ext4Error> {
+        let skeleton = self.tree.node(id);
+        match self.pending {
+            Some(pending) if !skeleton.kind.is_dir() => pending
+                .wait(id)
+                .ok_or_else(|| Ext4Error::SourceStopped { path: entry.path_string() }),
+            _ => Ok(skeleton),
+        }
     }
 }
 
-fn check_symlink(target: &[u8], path: &str) -> Result<(), Ext4Error> {
+/// What a non-directory needs on top of its inode, checked as it is counted.
+#[derive(Clone, Copy, Debug, Default)]
+pub(crate) struct Needs {
+    /// Data, extent-tree, xattr and symlink blocks.
+    pub blocks: u64,
+    /// Margin for holes that deepen its extent tree (see [`Plan::slack_blocks`]).
+    pub slack: u64,
+}
+
+impl Needs {
+    /// Checks the non-directory `node` (its xattrs, its size, its symlink target) and
+    /// counts its blocks.
+    pub(crate) fn of(node: &Node, entry: &Entry, mode: Mode) -> Result<Needs, Ext4Error> {
+        let mut needs = Needs { blocks: xattr_blocks(node, entry)?, slack: 0 };
+        match &node.kind {
+            NodeKind::File(content) => {
+                if content.len() > (MAX_FILE_BLOCKS - 1) * BLOCK_SIZE {
+                    return Err(Ext4Error::FileTooLarge {
+                        path: entry.path_string(),
+                        size: content.len(),
+                    });
+                }
+                let (blocks, extents) = file_blocks(content, entry, mode)?;
+                needs.blocks += blocks + extent::tree_blocks(extents);
+                // Holes found while writing can deepen a tree by one or two blocks
+                // past 1360 extents (see the module notes in write.rs).
+                if mode == Mode::Bound && blocks > 1360 {
+                    needs.slack += 2;
+                }
+            }
+            NodeKind::Symlink(target) => {
+                check_symlink(target, entry)?;
+                if target.len() >= 60 {
+                    needs.blocks += 1;
+                }
+            }
+            _ => {}
+        }
+        Ok(needs)
+    }
+}
+
+/// Checks the xattrs of `node`: 1 when they need a block of their own, else 0.
+fn xattr_blocks(node: &Node, entry: &Entry) -> Result<u64, Ext4Error> {
+    let attrs = xattr::prepare(&node.meta.xattrs).map_err(|p| xattr_error(entry, p))?;
+    let (_, in_block) = xattr::place(attrs).map_err(|p| xattr_error(entry, p))?;
+    Ok(u64::from(!in_block.is_empty()))
+}
+
+fn xattr_error(entry: &Entry, problem: xattr::XattrProblem) -> Ext4Error {
+    let path = entry.path_string();
+    match problem {
+        xattr::XattrProblem::NameTooLong(name) => Ext4Error::BadXattr {
+            path,
+            name: String::from_utf8_lossy(&name).into_owned(),
+            reason: "its name is longer than 255 bytes after the namespace prefix",
+        },
+        xattr::XattrProblem::BadAcl(name, reason) => {
+            Ext4Error::BadXattr { path, name: String::from_utf8_lossy(&name).into_owned(), reason }
+        }
+        xattr::XattrProblem::TooLarge => Ext4Error::XattrsTooLarge { path },
+    }
+}
+
+fn check_symlink(target: &[u8], entry: &Entry) -> Result<(), Ext4Error> {
     let reason = if target.is_empty() {
         "its target is empty"
     } else if target.contains(&0) {
@@ -329,7 +400,7 @@ fn check_symlink(target: &[u8], path: &str) -> Result<(), Ext4Error> {
     } else {
         return Ok(());
     };
-    Err(Ext4Error::BadSymlink { path: path.to_string(), reason })
+    Err(Ext4Error::BadSymlink { path: entry.path_string(), reason })
 }
 
 /// s_backup_bgs of sparse_super2: one superblock and descriptor-table copy, in the

@@ -1,14 +1,17 @@
 //! The write pass: one walk over the inodes in number order, allocating and writing
 //! each one's blocks, then the inode tables, bitmaps, descriptors and superblocks.
+//! With a streamed plan ([`Plan::pending`]) the walk waits for each non-directory
+//! as the loader hands it over, and checks and counts it then.
 //!
 //! File data held in a host file is read ahead by two threads (files dealt in turn)
-//! in 1 MiB chunks and taken in the order the files are written, so reading overlaps
-//! writing; content already in memory is taken as it is. All-zero blocks become
-//! holes; consecutive blocks are coalesced into large positioned writes done by
-//! [`WRITERS`] threads, with direct I/O when the sink allows it ([`Sink`]). Every
-//! block is written once, so the order in which those threads finish does not matter. Inode table
-//! blocks are written as soon as a group's inodes are done, so memory stays bounded
-//! by one group's table and one directory.
+//! in 1 MiB chunks, packed into reused 1 MiB batches, and taken in the order the
+//! files are written, so reading overlaps writing; content already in memory is
+//! taken as it is. All-zero blocks become holes; consecutive blocks are coalesced
+//! into large positioned writes done by [`WRITERS`] threads, with direct I/O when
+//! the sink allows it ([`Sink`]). Every block is written once, so the order in which
+//! those threads finish does not matter. Inode table blocks are written as soon as a
+//! group's inodes are done, so memory stays bounded by one group's table and one
+//! directory (besides the tree itself).
 //!
 //! Why the plan's margin is enough: a hole found in a file only ever replaces a data
 //! block with at most one more extent, and one more extent adds at most one tree
@@ -18,7 +21,7 @@
 use super::extent::{self, ExtentList};
 use super::group::{self, GroupDesc};
 use super::inode::{self, Inode};
-use super::plan::{self, CHUNK_BLOCKS, Entry, Geometry, Plan, Source};
+use super::plan::{self, CHUNK_BLOCKS, Entry, Geometry, Needs, Plan, Source};
 use super::superblock::{SUPERBLOCK_OFFSET, SuperblockFields};
 use super::{BLOCK_SIZE, BLOCK_SIZE_USIZE, BLOCKS_PER_GROUP, Ext4Error, Ext4Options, Ext4Summary};
 use super::{FIRST_INO, INODE_SIZE, JOURNAL_INO, ROOT_INO};
@@ -26,7 +29,6 @@ use super::{checksum, dir, journal, xattr};
 use crate::FileRegion;
 use crate::tree::{Content, NodeKind};
 use rustix::fs::FallocateFlags;
-use std::collections::VecDeque;
 use std::fs::File;
 use std::io;
 use std::os::fd::AsRawFd;
@@ -255,82 +257,121 @@ struct Writer<'p> {
     readers: Vec<ReaderLink>,
     /// Files taken from the readers so far.
     files_done: usize,
+    /// What the pending nodes of a streamed plan turned out to need.
+    streamed: Needs,
 }
 
 /// The writer's end of one reader thread.
 struct ReaderLink {
-    /// Batches of pieces, in the order of that reader's files.
-    pieces: Receiver<Vec<Piece>>,
-    /// Pieces received but not used yet.
-    pending: VecDeque<Piece>,
-    /// Buffers handed back to the reader for reuse.
+    /// Batches, in the order of that reader's files.
+    batches: Receiver<Batch>,
+    /// The bytes of the batch being used (empty before the first).
+    bytes: Vec<u8>,
+    /// Its pieces not used yet.
+    pieces: std::vec::IntoIter<Piece>,
+    /// Byte buffers handed back to the reader for reuse.
     spare: SyncSender<Vec<u8>>,
+}
+
+/// Content read ahead, sent to the writer in one go: the pieces' bytes one after
+/// another in one buffer, so that small files cost neither an allocation nor a
+/// thread wake-up each, and buffers go back and forth instead of being allocated
+/// (and zeroed, and faulted in) for every file.
+struct Batch {
+    /// [`BATCH_BYTES`] long (initialised once, then reused).
+    bytes: Vec<u8>,
+    pieces: Vec<Piece>,
 }
 
 /// A piece of file content from the reader thread.
 enum Piece {
-    /// Blocks of the current file from logical block `block`.
+    /// Blocks of the current file from logical block `block`: these bytes of the batch.
     Data {
         block: u64,
-        data: Vec<u8>,
+        bytes: std::ops::Range<usize>,
     },
     /// The current file is complete.
     End,
     Failed(Ext4Error),
 }
 
-/// Pieces sent together once they hold this many bytes, so small files do not
-/// cost a thread wake-up each.
+/// Bytes of one batch: the largest chunk read at once.
 const BATCH_BYTES: usize = 1 << 20;
+const _: () = assert!(BATCH_BYTES as u64 == CHUNK_BLOCKS * BLOCK_SIZE);
 
-/// Batches pieces for the writer; `None` once the writer has hung up.
+/// Most pieces in one batch.
+const BATCH_PIECES: usize = 1024;
+
+/// Fills batches for the writer; `None` once the writer has hung up.
 struct Batcher<'a> {
-    out: &'a SyncSender<Vec<Piece>>,
-    batch: Vec<Piece>,
-    bytes: usize,
+    out: &'a SyncSender<Batch>,
+    spare: &'a Receiver<Vec<u8>>,
+    bytes: Vec<u8>,
+    used: usize,
+    pieces: Vec<Piece>,
 }
 
-impl Batcher<'_> {
+impl<'a> Batcher<'a> {
+    fn new(out: &'a SyncSender<Batch>, spare: &'a Receiver<Vec<u8>>) -> Batcher<'a> {
+        Batcher { out, spare, bytes: Vec::new(), used: 0, pieces: Vec::new() }
+    }
+
+    /// Room for `len` bytes (at most [`BATCH_BYTES`]) in the current batch, starting
+    /// a new one when they do not fit.
+    fn room(&mut self, len: usize) -> Option<&mut [u8]> {
+        if self.used + len > self.bytes.len() {
+            self.flush()?;
+            if self.bytes.len() < BATCH_BYTES {
+                let spare = self.spare.try_recv().ok().filter(|b| b.len() == BATCH_BYTES);
+                self.bytes = spare.unwrap_or_else(|| vec![0; BATCH_BYTES]);
+            }
+        }
+        Some(&mut self.bytes[self.used..self.used + len])
+    }
+
+    /// Adds the `len` bytes just read into [`Batcher::room`] as blocks from `block`.
+    fn push_data(&mut self, block: u64, len: usize) -> Option<()> {
+        let bytes = self.used..self.used + len;
+        self.used += len;
+        self.push(Piece::Data { block, bytes })
+    }
+
     fn push(&mut self, piece: Piece) -> Option<()> {
         let urgent = matches!(piece, Piece::Failed(_));
-        if let Piece::Data { data, .. } = &piece {
-            self.bytes += data.len();
-        }
-        self.batch.push(piece);
-        if urgent || self.bytes >= BATCH_BYTES || self.batch.len() >= 1024 {
+        self.pieces.push(piece);
+        if urgent || self.pieces.len() >= BATCH_PIECES {
             self.flush()?;
         }
         Some(())
     }
 
     fn flush(&mut self) -> Option<()> {
-        self.bytes = 0;
-        if self.batch.is_empty() {
+        if self.pieces.is_empty() {
             return Some(());
         }
-        self.out.send(std::mem::take(&mut self.batch)).ok()
+        let batch = Batch {
+            bytes: std::mem::take(&mut self.bytes),
+            pieces: std::mem::take(&mut self.pieces),
+        };
+        self.used = 0;
+        self.out.send(batch).ok()
     }
 }
 
 /// Reads the data ranges of every READERS-th file whose content is a
 /// [`Content::Source`] (starting at file `which`), in inode order, a chunk at a time,
 /// so reading overlaps with checking and writing. Stops when the writer hangs up.
-fn read_ahead(
-    plan: &Plan<'_>,
-    which: usize,
-    out: &SyncSender<Vec<Piece>>,
-    spare: &Receiver<Vec<u8>>,
-) {
-    let mut batcher = Batcher { out, batch: Vec::new(), bytes: 0 };
-    let files = plan.entries.iter().filter_map(|entry| match entry.source {
-        Source::Node(id) => match &plan.tree.node(id).kind {
-            NodeKind::File(content @ Content::Source(_)) => Some((entry, content)),
-            _ => None,
-        },
-        _ => None,
-    });
-    for (entry, content) in files.skip(which).step_by(READERS) {
-        if read_file(entry, content, &mut batcher, spare).is_none() {
+fn read_ahead(plan: &Plan<'_>, which: usize, out: &SyncSender<Batch>, spare: &Receiver<Vec<u8>>) {
+    let mut batcher = Batcher::new(out, spare);
+    let mut files = 0usize;
+    for entry in &plan.entries {
+        let Source::Node(id) = entry.source else { continue };
+        // A node still being read is waited for; if its loader stopped, so does the
+        // writer when it gets there.
+        let Ok(node) = plan.node(entry, id) else { break };
+        let NodeKind::File(content @ Content::Source(_)) = &node.kind else { continue };
+        files += 1;
+        if (files - 1) % READERS == which && read_file(entry, content, &mut batcher).is_none() {
             return;
         }
     }
@@ -338,14 +379,8 @@ fn read_ahead(
 }
 
 /// `None` when the writer is gone or the file failed (the failure was sent).
-fn read_file(
-    entry: &Entry,
-    content: &Content,
-    out: &mut Batcher<'_>,
-    spare: &Receiver<Vec<u8>>,
-) -> Option<()> {
-    let path = entry.path_string();
-    let runs = match plan::data_block_runs(content, &path) {
+fn read_file(entry: &Entry, content: &Content, out: &mut Batcher<'_>) -> Option<()> {
+    let runs = match plan::data_block_runs(content, entry) {
         Ok(runs) => runs,
         Err(error) => {
             out.push(Piece::Failed(error));
@@ -356,33 +391,30 @@ fn read_file(
         let mut block = run.start;
         while block < run.end {
             let n = (run.end - block).min(CHUNK_BLOCKS);
-            // n ≤ 256, so the byte count fits a usize.
-            let len = BLOCK_SIZE_USIZE * usize::try_from(n).unwrap_or(256);
-            // Full-size chunk buffers are recycled; small ones come from the allocator.
-            let mut data = if n == CHUNK_BLOCKS {
-                spare.try_recv().unwrap_or_default()
-            } else {
-                Vec::with_capacity(len)
-            };
-            data.resize(len, 0);
-            if let Err(source) = content.read_exact_at(&mut data, block * BLOCK_SIZE) {
+            // n ≤ CHUNK_BLOCKS, so the byte count is at most BATCH_BYTES.
+            let len = BLOCK_SIZE_USIZE * usize::try_from(n).unwrap_or(0);
+            let room = out.room(len)?;
+            if let Err(source) = content.read_exact_at(room, block * BLOCK_SIZE) {
+                let path = entry.path_string();
                 let error = Ext4Error::Content { path, source_name: content.describe(), source };
                 out.push(Piece::Failed(error));
                 return None;
             }
-            out.push(Piece::Data { block, data })?;
+            out.push_data(block, len)?;
             block += n;
         }
     }
     out.push(Piece::End)
 }
 
+/// Writes the file system; also returns what the pending nodes of a streamed plan
+/// needed (nothing for a whole tree).
 pub(crate) fn write(
     plan: &Plan<'_>,
     geometry: Geometry,
     opts: &Ext4Options,
     region: FileRegion<'_>,
-) -> Result<Ext4Summary, Ext4Error> {
+) -> Result<(Ext4Summary, Needs), Ext4Error> {
     let (disk_tx, disk_rx) = sync_channel(WRITES_IN_FLIGHT);
     let (buffer_tx, buffer_rx) = sync_channel(WRITES_IN_FLIGHT + WRITERS + 1);
     let sink = Sink::new(region, opts.direct_io);
@@ -393,12 +425,13 @@ pub(crate) fn write(
     std::thread::scope(|scope| {
         let mut readers = Vec::with_capacity(READERS);
         for which in 0..READERS {
-            let (piece_tx, piece_rx) = sync_channel(READ_AHEAD);
+            let (batch_tx, batch_rx) = sync_channel(READ_AHEAD);
             let (spare_tx, spare_rx) = sync_channel(READ_AHEAD + 2);
-            scope.spawn(move || read_ahead(plan, which, &piece_tx, &spare_rx));
+            scope.spawn(move || read_ahead(plan, which, &batch_tx, &spare_rx));
             readers.push(ReaderLink {
-                pieces: piece_rx,
-                pending: VecDeque::new(),
+                batches: batch_rx,
+                bytes: Vec::new(),
+                pieces: Vec::new().into_iter(),
                 spare: spare_tx,
             });
         }
@@ -424,6 +457,7 @@ pub(crate) fn write(
                 fs_seed: checksum::fs_seed(&opts.uuid.to_rfc_bytes()),
                 readers,
                 files_done: 0,
+                streamed: Needs::default(),
             };
             for entry in &plan.entries {
                 let inode = writer.inode(entry)?;
@@ -432,7 +466,8 @@ pub(crate) fn write(
             }
             writer.flush_inode_table()?;
             // Consuming the writer hangs up on both threads (also on an early error).
-            writer.finish()
+            let streamed = writer.streamed;
+            Ok((writer.finish()?, streamed))
         })();
         let mut written = Ok(());
         for disk in disks {
@@ -533,7 +568,13 @@ impl Writer<'_> {
 
     fn node_inode(&mut self, entry: &Entry, id: crate::tree::NodeId) -> Result<Inode, Ext4Error> {
         let plan = self.plan;
-        let node = plan.tree.node(id);
+        let node = plan.node(entry, id)?;
+        if plan.pending.is_some() && !entry.is_dir {
+            // Checked and counted now rather than by the plan (see Plan::pending).
+            let needs = plan::Needs::of(node, entry, plan::Mode::Bound)?;
+            self.streamed.blocks += needs.blocks;
+            self.streamed.slack += needs.slack;
+        }
         let meta = &node.meta;
         let (type_bits, _) = type_codes(&node.kind);
         let mut inode =
@@ -541,12 +582,10 @@ impl Writer<'_> {
         // Directories with more than 65000 subdirectories count 1 (dir_nlink).
         inode.links = u16::try_from(entry.links).ok().filter(|&l| l <= 65000).unwrap_or(1);
 
-        // Validated by the plan; the errors cannot happen here.
-        let path = entry.path_string();
-        let attrs = xattr::prepare(&meta.xattrs)
-            .map_err(|_| Ext4Error::XattrsTooLarge { path: path.clone() })?;
-        let (in_inode, in_block) =
-            xattr::place(attrs).map_err(|_| Ext4Error::XattrsTooLarge { path: path.clone() })?;
+        // Validated by the plan (or just above); the errors cannot happen here.
+        let too_large = |_| Ext4Error::XattrsTooLarge { path: entry.path_string() };
+        let attrs = xattr::prepare(&meta.xattrs).map_err(too_large)?;
+        let (in_inode, in_block) = xattr::place(attrs).map_err(too_large)?;
         inode.xattr_area = xattr::encode_in_inode(&in_inode);
         if !in_block.is_empty() {
             let block = self.alloc(1, entry)?.start;
@@ -567,6 +606,8 @@ impl Writer<'_> {
                     });
                 }
                 for (name, child) in children {
+                    // From the skeleton when the child is still being read: the
+                    // loader checks that its kind is the one listed.
                     let (_, file_type) = type_codes(&plan.tree.node(*child).kind);
                     entries.push(dir::DirEntry {
                         name,
@@ -619,22 +660,28 @@ impl Writer<'_> {
         self.files_done += 1;
         loop {
             let reader = &mut self.readers[r];
-            if reader.pending.is_empty() {
-                match reader.pieces.recv() {
-                    Ok(batch) => reader.pending.extend(batch),
-                    Err(_) => return Err(Ext4Error::ReaderStopped { path: entry.path_string() }),
+            let Some(piece) = reader.pieces.next() else {
+                let Ok(batch) = reader.batches.recv() else {
+                    return Err(Ext4Error::ReaderStopped { path: entry.path_string() });
+                };
+                let used = std::mem::replace(&mut reader.bytes, batch.bytes);
+                if !used.is_empty() {
+                    // A full spare queue just means the buffer is freed.
+                    let _ = reader.spare.try_send(used);
                 }
-            }
-            let (block, data) = match reader.pending.pop_front() {
-                Some(Piece::Data { block, data }) => (block, data),
-                Some(Piece::End) => return Ok(list),
-                Some(Piece::Failed(error)) => return Err(error),
-                None => continue,
+                reader.pieces = batch.pieces.into_iter();
+                continue;
             };
-            self.put_data(entry, &mut list, block, &data)?;
-            // A full spare queue just means the buffer is freed.
-            if data.capacity() >= BLOCK_SIZE_USIZE * 256 {
-                let _ = self.readers[r].spare.try_send(data);
+            match piece {
+                Piece::Data { block, bytes } => {
+                    // Taken out while `put_data` borrows the writer, then put back.
+                    let batch = std::mem::take(&mut reader.bytes);
+                    let result = self.put_data(entry, &mut list, block, &batch[bytes]);
+                    self.readers[r].bytes = batch;
+                    result?;
+                }
+                Piece::End => return Ok(list),
+                Piece::Failed(error) => return Err(error),
             }
         }
     }
