@@ -914,7 +914,7 @@ fn an_ext4_image_written_while_loading_is_that_of_the_loaded_tree() {
     generate_tree(&root);
     let ext4_options = Ext4Options {
         uuid: "0b9cbdd6-5d53-4d39-9a49-1fc54e1d0c1f".parse::<Guid>().unwrap(),
-        direct_io: true,
+        write_behind: true,
         ..Ext4Options::default()
     };
     let variants = [

@@ -123,8 +123,8 @@ fn run_ext4(args: Ext4Args) -> anyhow::Result<ExitCode> {
         timestamp: Timestamp::from_seconds(sde),
         journal: args.journal,
         inode_ratio: args.journal.then_some(16384),
-        // A one-off image, not read back by this process: skip the page cache.
-        direct_io: true,
+        // A one-off image, not read back by this process: to the device at once.
+        write_behind: true,
         ..Ext4Options::default()
     };
     let writing = || format!("writing {}", args.image.display());

@@ -41,7 +41,7 @@
 //! well under 32 MiB of data at its start, like a 2 GiB one.
 //!
 //! While writing, two helper threads read file content ahead (files dealt in turn) and
-//! three others perform the positioned writes (direct I/O on request); the allocation
+//! three others perform the positioned writes (write-behind on request); the allocation
 //! and layout happen on the calling thread only, so the threads never change the result. Memory use is
 //! bounded (about 50 MiB of read and write buffers, one group's inode table, one
 //! directory).
@@ -110,12 +110,10 @@ pub struct Ext4Options {
     /// dynamic VHDX; without it (the default) a read-only image has no copy, which
     /// e2fsck accepts.
     pub backup_superblock: bool,
-    /// Write through a second descriptor of the region's file opened with `O_DIRECT`
-    /// when the file allows it (see `Sink` in write.rs): the blocks skip the page
-    /// cache, which is faster for a large image that is not read back soon and
-    /// leaves nothing for a final `fsync` to write. Falls back to ordinary positioned
-    /// writes by itself; the bytes are the same either way.
-    pub direct_io: bool,
+    /// Have the kernel start writing each range to the device as soon as it is
+    /// written (see `Sink` in write.rs), instead of at the final `fsync`: faster for
+    /// an image that is not read back soon. The bytes are the same either way.
+    pub write_behind: bool,
 }
 
 impl Default for Ext4Options {
@@ -129,7 +127,7 @@ impl Default for Ext4Options {
             inode_ratio: None,
             extra_inodes: 0,
             backup_superblock: false,
-            direct_io: false,
+            write_behind: false,
         }
     }
 }

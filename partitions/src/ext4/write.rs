@@ -7,8 +7,8 @@
 //! in 1 MiB chunks, packed into reused 1 MiB batches, and taken in the order the
 //! files are written, so reading overlaps writing; content already in memory is
 //! taken as it is. All-zero blocks become holes; consecutive blocks are coalesced
-//! into large positioned writes done by [`WRITERS`] threads, with direct I/O when
-//! the sink allows it ([`Sink`]). Every block is written once, so the order in which
+//! into large positioned writes done by [`WRITERS`] threads, with write-behind when
+//! asked for ([`Sink`]). Every block is written once, so the order in which
 //! those threads finish does not matter. Inode table blocks are written as soon as a
 //! group's inodes are done, so memory stays bounded by one group's table and one
 //! directory (besides the tree itself).
@@ -28,11 +28,9 @@ use super::{FIRST_INO, INODE_SIZE, JOURNAL_INO, ROOT_INO};
 use super::{checksum, dir, journal, xattr};
 use crate::FileRegion;
 use crate::tree::{Content, NodeKind};
-use rustix::fs::FallocateFlags;
-use std::fs::File;
+use rustix::fs::Advice;
 use std::io;
-use std::os::fd::AsRawFd;
-use std::os::unix::fs::FileExt;
+use std::num::NonZeroU64;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc::{Receiver, SyncSender, sync_channel};
 use std::sync::{Arc, Mutex, PoisonError};
@@ -43,8 +41,8 @@ const READERS: usize = 2;
 /// Batches each reader thread may have in flight.
 const READ_AHEAD: usize = 8;
 
-/// Threads writing the coalesced buffers: direct writes wait for the device, and
-/// several in flight keep it busier.
+/// Threads writing the coalesced buffers: several in flight keep the device busier
+/// (a write that starts write-back waits for the block allocation it triggers).
 const WRITERS: usize = 3;
 
 /// Coalesced buffers queued for the writer threads.
@@ -53,25 +51,15 @@ const WRITES_IN_FLIGHT: usize = 4;
 /// Largest coalesced write.
 const WRITE_BUFFER: usize = 4 << 20;
 
-/// Alignment of the buffers, file offsets and lengths of direct I/O: one block,
-/// a multiple of every device's logical sector size in use (512 or 4096).
-const DIRECT_ALIGN: usize = BLOCK_SIZE_USIZE;
-
-/// A write buffer of up to [`WRITE_BUFFER`] bytes starting at an address aligned
-/// for direct I/O (a `Vec<u8>` only promises byte alignment, so the bytes start a
-/// little into a larger allocation).
+/// A write buffer of up to [`WRITE_BUFFER`] bytes.
 struct IoBuf {
     raw: Vec<u8>,
-    /// Where the aligned bytes start in `raw`.
-    head: usize,
     len: usize,
 }
 
 impl IoBuf {
     fn new() -> IoBuf {
-        let raw = vec![0u8; WRITE_BUFFER + DIRECT_ALIGN];
-        let head = (DIRECT_ALIGN - raw.as_ptr().addr() % DIRECT_ALIGN) % DIRECT_ALIGN;
-        IoBuf { raw, head, len: 0 }
+        IoBuf { raw: vec![0u8; WRITE_BUFFER], len: 0 }
     }
 
     fn room(&self) -> usize {
@@ -80,7 +68,7 @@ impl IoBuf {
 
     /// Appends `data` (at most `room()` bytes) and zeros up to the next block boundary.
     fn push_block_padded(&mut self, data: &[u8]) {
-        let at = self.head + self.len;
+        let at = self.len;
         let padded = data.len().next_multiple_of(BLOCK_SIZE_USIZE);
         self.raw[at..at + data.len()].copy_from_slice(data);
         self.raw[at + data.len()..at + padded].fill(0);
@@ -88,7 +76,7 @@ impl IoBuf {
     }
 
     fn bytes(&self) -> &[u8] {
-        &self.raw[self.head..self.head + self.len]
+        &self.raw[..self.len]
     }
 }
 
@@ -148,69 +136,40 @@ impl BlockWriter {
     }
 }
 
-/// Where the writer thread puts the blocks: the region, through a second descriptor
-/// of its file opened with `O_DIRECT` when [`Ext4Options::direct_io`] asks for it and
-/// the file allows it. Direct writes go from the buffer to the device without a copy
-/// into the page cache (the larger part of the time for a big tree, and of memory
-/// pressure), and leave nothing for the final `fsync` to write. Positioned writes
-/// through the region are the fallback: when the region does not start on a block
-/// boundary, when the file cannot be reopened (no `/proc`, a file system without
-/// `O_DIRECT`), or when a direct write is refused with `EINVAL` (alignment rules of
-/// the device); the bytes written are the same either way.
+/// Where the writer threads put the blocks: positioned writes through the region.
+/// With [`Ext4Options::write_behind`], each write is followed by
+/// `posix_fadvise(POSIX_FADV_DONTNEED)` on its range, which makes the kernel start
+/// writing those pages to the device at once (and drop them from the page cache
+/// once written) instead of leaving them all for the final `fsync`: the device works
+/// while the tree is still being read and written. Measured on a Debian root (262
+/// MiB written), that was about a quarter faster than either plain writes (the whole
+/// image flushed at the end) or `O_DIRECT` writes (which pin every page of the
+/// buffer and reach the device as many small segments).
 pub(crate) struct Sink<'a> {
     region: FileRegion<'a>,
-    direct: Option<File>,
-    /// Set when a direct write was refused: everything goes through `region` after.
-    direct_refused: AtomicBool,
+    write_behind: bool,
 }
 
 impl<'a> Sink<'a> {
-    pub(crate) fn new(region: FileRegion<'a>, direct_io: bool) -> Sink<'a> {
-        let aligned = region.offset().is_multiple_of(BLOCK_SIZE);
-        let direct = if direct_io && aligned { reopen_direct(region.file()) } else { None };
-        Sink { region, direct, direct_refused: AtomicBool::new(false) }
+    pub(crate) fn new(region: FileRegion<'a>, write_behind: bool) -> Sink<'a> {
+        Sink { region, write_behind }
     }
 
     fn write(&self, block: u64, data: &[u8]) -> io::Result<()> {
         let offset = block.checked_mul(BLOCK_SIZE).ok_or_else(|| io::Error::other("overflow"))?;
-        let end = offset.checked_add(data.len() as u64);
-        let inside = end.is_some_and(|end| end <= self.region.len());
-        if let Some(file) = self.direct.as_ref().filter(|_| inside)
-            && !self.direct_refused.load(Ordering::Relaxed)
-        {
-            // The region starts on a block boundary (checked in `new`), so this is
-            // aligned as `offset` is.
-            let at = self.region.offset() + offset;
-            // Allocating the range first makes the write an overwrite, which
-            // ext4 lets several threads do at once (a write into a hole holds the
-            // file's lock until it completes). The range is written right after,
-            // so the file is as sparse as without; where this is not supported
-            // the write simply allocates.
-            let len = data.len() as u64;
-            let _ = rustix::fs::fallocate(file, FallocateFlags::KEEP_SIZE, at, len);
-            match file.write_all_at(data, at) {
-                Ok(()) => return Ok(()),
-                // Direct I/O refused: write through the page cache from now on.
-                Err(err) if err.raw_os_error() == Some(rustix::io::Errno::INVAL.raw_os_error()) => {
-                    self.direct_refused.store(true, Ordering::Relaxed);
-                }
-                Err(err) => return Err(err),
-            }
-        }
         // Also reports a write outside the region.
-        self.region.write_all_at(data, offset)
+        self.region.write_all_at(data, offset)?;
+        if self.write_behind {
+            // Only advice: where it is not supported the final fsync writes everything.
+            let _ = rustix::fs::fadvise(
+                self.region.file(),
+                self.region.offset() + offset,
+                NonZeroU64::new(data.len() as u64),
+                Advice::DontNeed,
+            );
+        }
+        Ok(())
     }
-}
-
-/// A second, write-only descriptor of `file` with `O_DIRECT`, through
-/// `/proc/self/fd` (which also reaches an unlinked scratch file); `None` when that
-/// is not possible.
-fn reopen_direct(file: &File) -> Option<File> {
-    use rustix::fs::{Mode, OFlags};
-    let path = format!("/proc/self/fd/{}", file.as_raw_fd());
-    let flags = OFlags::WRONLY | OFlags::DIRECT | OFlags::CLOEXEC;
-    let fd = rustix::fs::open(path, flags, Mode::empty()).ok()?;
-    Some(File::from(fd))
 }
 
 /// A writer thread: positioned writes of coalesced buffers, taken from the queue
@@ -417,7 +376,7 @@ pub(crate) fn write(
 ) -> Result<(Ext4Summary, Needs), Ext4Error> {
     let (disk_tx, disk_rx) = sync_channel(WRITES_IN_FLIGHT);
     let (buffer_tx, buffer_rx) = sync_channel(WRITES_IN_FLIGHT + WRITERS + 1);
-    let sink = Sink::new(region, opts.direct_io);
+    let sink = Sink::new(region, opts.write_behind);
     let failed = AtomicBool::new(false);
     let (sink, failed) = (&sink, &failed);
     // Held by the writer threads only: it goes away when the last of them ends.
@@ -897,6 +856,8 @@ mod tests {
     use crate::ext4;
     use crate::tree::{ContentSource, FileTree, Metadata, Node, Timestamp};
     use std::collections::BTreeMap;
+    use std::fs::File;
+    use std::os::unix::fs::FileExt;
     use std::sync::Arc;
 
     /// 9 MiB of content (more than two write buffers) with an all-zero stretch in
@@ -941,14 +902,14 @@ mod tests {
         tree
     }
 
-    /// The image bytes of `tree` written with `direct_io` into a region of 32 MiB
-    /// starting `offset` bytes into a sparse file.
-    fn image(dir: &tempfile::TempDir, name: &str, direct_io: bool, offset: u64) -> Vec<u8> {
+    /// The image bytes of `tree` written into a region of 32 MiB starting `offset`
+    /// bytes into a sparse file.
+    fn image(dir: &tempfile::TempDir, name: &str, write_behind: bool, offset: u64) -> Vec<u8> {
         let path = dir.path().join(name);
         let file = File::options().read(true).write(true).create_new(true).open(&path).unwrap();
         let len = 32 << 20;
         file.set_len(offset + len).unwrap();
-        let opts = Ext4Options { direct_io, ..Ext4Options::default() };
+        let opts = Ext4Options { write_behind, ..Ext4Options::default() };
         ext4::write(&tree(), &opts, FileRegion::new(&file, offset, len)).unwrap();
         let mut bytes = vec![0u8; usize::try_from(len).unwrap()];
         file.read_exact_at(&mut bytes, offset).unwrap();
@@ -956,16 +917,11 @@ mod tests {
     }
 
     #[test]
-    fn direct_and_buffered_writes_give_the_same_bytes() {
+    fn write_behind_gives_the_same_bytes_wherever_the_region_starts() {
         let dir = tempfile::tempdir().unwrap();
-        let buffered = image(&dir, "buffered", false, 0);
-        // Direct I/O where the temporary directory allows it.
-        assert!(buffered == image(&dir, "direct", true, 0));
-        // A region not starting on a block boundary cannot take direct writes: the
-        // writer falls back to positioned writes through the region.
-        assert!(buffered == image(&dir, "unaligned", true, 512));
-        let file = File::open(dir.path().join("unaligned")).unwrap();
-        assert!(Sink::new(FileRegion::new(&file, 512, 4096), true).direct.is_none());
+        let cached = image(&dir, "cached", false, 0);
+        assert!(cached == image(&dir, "behind", true, 0));
+        assert!(cached == image(&dir, "unaligned", true, 512));
     }
 
     #[test]
@@ -980,26 +936,5 @@ mod tests {
             ext4::write(&tree(), &Ext4Options::default(), FileRegion::new(&file, 0, 32 << 20))
                 .unwrap_err();
         assert!(matches!(err, Ext4Error::Write { .. }), "{err}");
-    }
-
-    #[test]
-    fn a_refused_direct_write_falls_back_to_the_region() {
-        let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("image");
-        let file = File::options().read(true).write(true).create_new(true).open(&path).unwrap();
-        file.set_len(1 << 20).unwrap();
-        let sink = Sink::new(FileRegion::new(&file, 0, 1 << 20), true);
-        // Bytes at an odd address: no device takes them directly, so where direct
-        // I/O was opened, the write is refused (EINVAL) and redone through the region.
-        let backing = vec![7u8; 2 * BLOCK_SIZE_USIZE + 1];
-        let odd = usize::from(backing.as_ptr().addr().is_multiple_of(2));
-        let data = &backing[odd..odd + BLOCK_SIZE_USIZE];
-        sink.write(3, data).unwrap();
-        assert_eq!(sink.direct_refused.load(Ordering::Relaxed), sink.direct.is_some());
-        let mut back = vec![0u8; BLOCK_SIZE_USIZE];
-        file.read_exact_at(&mut back, 3 * BLOCK_SIZE).unwrap();
-        assert!(back == data);
-        // Outside the region is an error either way.
-        assert!(sink.write(256, &back).is_err());
     }
 }
