@@ -463,6 +463,11 @@ impl PendingNodes {
         self.changed.notify_all();
     }
 
+    /// Whether the node `id` is there already (so [`PendingNodes::wait`] would not wait).
+    pub fn is_filled(&self, id: NodeId) -> bool {
+        self.slots[id.0].get().is_some()
+    }
+
     /// The node `id` once the loader has filled it; `None` when the loader stopped first.
     pub fn wait(&self, id: NodeId) -> Option<&Node> {
         if let Some(node) = self.slots[id.0].get() {

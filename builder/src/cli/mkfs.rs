@@ -129,18 +129,24 @@ fn run_ext4(args: Ext4Args) -> anyhow::Result<ExitCode> {
     };
     let writing = || format!("writing {}", args.image.display());
     let cannot_size = || format!("cannot size {}", args.image.display());
-    let (summary, size) = match requested {
-        // A directory into a file system of a given size: written while it is read.
+    // A directory into a file system of a given size is written while it is read.
+    // Should that fail, it is done again the ordinary way, whose error (the first
+    // problem in its order, named as always) is the one reported.
+    let streamed = match requested {
         Some(size) if args.source.is_dir() => {
             let size = size / 4096 * 4096;
             write_atomically(&args.image, |file| {
                 file.set_len(size).with_context(cannot_size)?;
                 write_ext4_while_loading(&args.source, &source_options, &options, file, size)
-                    .with_context(writing)
             })
-            .map(|summary| (summary, size))?
+            .ok()
+            .map(|summary| (summary, size))
         }
-        _ => {
+        _ => None,
+    };
+    let (summary, size) = match streamed {
+        Some(written) => written,
+        None => {
             let tree = load_source(&args.source, &source_options)?;
             let size = match requested {
                 Some(size) => size / 4096 * 4096,

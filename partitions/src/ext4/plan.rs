@@ -313,6 +313,12 @@ impl<'t> Plan<'t> {
 }
 
 impl Plan<'_> {
+    /// Whether [`Plan::node`] would wait for the node `id`.
+    pub(crate) fn must_wait(&self, id: NodeId) -> bool {
+        self.pending
+            .is_some_and(|pending| !self.tree.node(id).kind.is_dir() && !pending.is_filled(id))
+    }
+
     /// The node of `entry`, waiting for it when it is still being read; an error
     /// when the loader stopped before reaching it.
     pub(crate) fn node(&self, entry: &Entry, id: NodeId) -> Result<&Node, Ext4Error> {

@@ -326,7 +326,11 @@ fn read_ahead(plan: &Plan<'_>, which: usize, out: &SyncSender<Batch>, spare: &Re
     for entry in &plan.entries {
         let Source::Node(id) = entry.source else { continue };
         // A node still being read is waited for; if its loader stopped, so does the
-        // writer when it gets there.
+        // writer when it gets there. What is read so far goes to the writer first:
+        // it may need it to get this far.
+        if plan.must_wait(id) && batcher.flush().is_none() {
+            return;
+        }
         let Ok(node) = plan.node(entry, id) else { break };
         let NodeKind::File(content @ Content::Source(_)) = &node.kind else { continue };
         files += 1;

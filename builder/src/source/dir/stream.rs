@@ -4,14 +4,17 @@
 //! tree of many small files that reading (a few system calls per file) takes about
 //! as long as writing the image. Here it is done in two steps so the two overlap:
 //!
-//! 1. **Scan**: every directory is listed (in parallel), and only directories are
+//! 1. **List**: every directory is listed (in parallel), and only directories are
 //!    looked at: their metadata and xattrs. Other entries are known by the type and
-//!    inode number the listing gives; names sharing an inode number are one node (a
-//!    hard link). That is the whole shape of the tree, the *skeleton*, in canonical
-//!    order, which is all a writer needs to number inodes and lay out directories.
+//!    inode number the listing gives; names sharing a device and inode number are
+//!    one node (a hard link). From that the *skeleton* is assembled in canonical
+//!    order: the whole shape of the tree, which is all a writer needs to number
+//!    inodes and lay out directories.
 //! 2. **Load**: the other entries are read exactly as [`super::load_directory`] reads
-//!    them, in canonical order, a chunk at a time by a few threads, each node handed
-//!    to the writer through [`PendingNodes`] as soon as it is read.
+//!    them, in canonical order, a chunk at a time by a few threads that start as soon
+//!    as the assembler hands over the first chunk; each node goes to the writer
+//!    through [`PendingNodes`] as soon as it is read. The writer starts once the
+//!    skeleton is whole.
 //!
 //! The listing's word is checked as the entries are read: an entry whose type
 //! changed, or hard links the inode numbers of the listing did not show (some
@@ -19,9 +22,10 @@
 //! result [`Streamed::Whole`], read again the ordinary way, so the tree, and the
 //! image, are always those of [`super::load_directory`]. So does a listing without
 //! types, and any failure while scanning: the ordinary reader then reports the
-//! first failure in canonical order, as it always does. A failure while loading is
-//! reported as it is: entries are loaded in canonical order and the first failure
-//! in that order wins.
+//! first failure in its order, as it always does. A failure while loading is
+//! reported as it is (entries are loaded in canonical order and the first failure
+//! in that order wins); `mkfs` then does the whole job again the ordinary way, so
+//! that what it reports is exactly what it always reported.
 
 use std::collections::HashMap;
 use std::ffi::{CString, OsStr};
@@ -30,7 +34,7 @@ use std::os::fd::{AsFd, OwnedFd};
 use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
-use std::sync::{Mutex, PoisonError};
+use std::sync::{Arc, Condvar, Mutex, PoisonError};
 
 use abforge_partitions::FileRegion;
 use abforge_partitions::ext4::{self, Ext4Options, Ext4Summary};
@@ -68,47 +72,67 @@ pub fn write_while_loading<T>(
     opts: &SourceOptions,
     write: impl FnOnce(&FileTree, &PendingNodes) -> anyhow::Result<Option<T>>,
 ) -> anyhow::Result<Streamed<T>> {
-    match Scan::new(root, opts) {
-        Ok(Some(scan)) => write_scanned(scan, root, opts, write),
+    match Listing::new(root, opts) {
+        Ok(Some(listing)) => write_listed(listing, root, opts, write),
         // The ordinary reader reports the first failure in canonical order.
         Ok(None) | Err(_) => Ok(Streamed::Whole(load_source(root, opts)?)),
     }
 }
 
-/// [`write_while_loading`] once the listing is made.
-fn write_scanned<T>(
-    scan: Scan<'_>,
+/// [`write_while_loading`] once the directories are listed: the loading threads
+/// start while the skeleton is still being assembled (they take its chunks as they
+/// come), and `write` once it is whole.
+fn write_listed<T>(
+    listing: Listing<'_>,
     root: &Path,
     opts: &SourceOptions,
     write: impl FnOnce(&FileTree, &PendingNodes) -> anyhow::Result<Option<T>>,
 ) -> anyhow::Result<Streamed<T>> {
-    let pending = PendingNodes::new(scan.tree.node_count());
-    let (written, loaded) = std::thread::scope(|scope| {
-        let loader = scope.spawn(|| {
+    let Listing { loader, root_meta, root_dev, entries, total } = listing;
+    // Node numbers are below 1 + the number of entries (hard links take none).
+    let pending = PendingNodes::new(total + 1);
+    let feed = Feed::default();
+    let (skeleton, written, loaded) = std::thread::scope(|scope| {
+        let loading = scope.spawn(|| {
             // Whatever happens, every slot gets filled, so the writer never waits forever.
             let _stop = StopOnDrop(&pending);
-            scan.load(&pending)
+            load(&loader, &feed, &pending)
         });
-        let written = write(&scan.tree, &pending);
-        let loaded = loader.join().unwrap_or_else(|_| Err(anyhow::anyhow!("the loader panicked")));
-        (written, loaded)
+        let skeleton = assemble(opts, root_meta, (root_dev, entries), total, &feed);
+        let written = skeleton.as_ref().ok().map(|skeleton| write(&skeleton.tree, &pending));
+        let loaded = loading.join().unwrap_or_else(|_| Err(anyhow::anyhow!("the loader panicked")));
+        (skeleton, written, loaded)
     });
-    match loaded? {
-        Loaded::Inconsistent => Ok(Streamed::Whole(load_source(root, opts)?)),
-        Loaded::Complete => Ok(match written? {
-            Some(value) => Streamed::Written(value),
-            None => {
-                let mut tree = scan.tree;
-                pending.complete(&mut tree);
-                Streamed::Whole(tree)
-            }
-        }),
-    }
+    let (loaded, linked) = loaded?;
+    let held = match (skeleton, loaded) {
+        (Ok(skeleton), Loaded::Complete) if links_agree(&skeleton.links, linked) => Some(skeleton),
+        _ => None,
+    };
+    let (skeleton, written) = match (held, written) {
+        (Some(skeleton), Some(written)) => (skeleton, written),
+        other => {
+            // A listing that could not be assembled or was wrong: read everything
+            // again, with nothing of this attempt held.
+            drop((other, pending));
+            return Ok(Streamed::Whole(load_source(root, opts)?));
+        }
+    };
+    Ok(match written? {
+        Some(value) => Streamed::Written(value),
+        None => {
+            let mut tree = skeleton.tree;
+            pending.complete(&mut tree);
+            Streamed::Whole(tree)
+        }
+    })
 }
 
-/// Writes an ext4 file system of `size` bytes at the start of `file` (sized by the
-/// caller) from the directory `root`, while it is read: the bytes
-/// [`ext4::write`] gives for the loaded tree, sooner.
+/// Writes an ext4 file system of `size` bytes filling `file` (sized by the caller;
+/// it holds nothing else, since it is emptied if the attempt must start again) from
+/// the directory `root`, while it is read: the bytes [`ext4::write`] gives for the
+/// loaded tree, sooner. Errors are those of reading and writing the streamed tree,
+/// which may name another entry than the ordinary path would when several are
+/// wrong; `mkfs` redoes a failed attempt the ordinary way for its message.
 pub fn write_ext4_while_loading(
     root: &Path,
     opts: &SourceOptions,
@@ -157,33 +181,68 @@ enum Stop {
 /// A host file's device (major, minor) and inode number.
 type HostInode = (u32, u32, u64);
 
-/// What the loading threads share.
-struct LoadState<'s> {
-    chunks: Vec<&'s [ToRead]>,
-    /// The next chunk to take.
-    next: AtomicUsize,
-    /// Set when a chunk failed: take no more.
-    stopped: AtomicBool,
-    /// The earliest chunk that failed, and why.
-    first_stop: Mutex<Option<(usize, Stop)>>,
-    /// Which chunks are read, and the first that is not.
-    read: Mutex<(Vec<bool>, usize)>,
-    /// Nodes of several links (`stat` says so): their device and inode numbers.
-    linked: Mutex<Vec<(HostInode, NodeId)>>,
-}
-
-/// A directory of the skeleton: where it is on the host.
+/// A directory of the skeleton, as the entries to read in it name it.
 struct ScanDir {
     host_path: PathBuf,
+    /// The source root, opened as the user named it (a symbolic link is followed).
+    is_root: bool,
 }
 
 /// A name of a non-directory, to read.
 struct ToRead {
     id: NodeId,
-    /// Index in [`Scan::dirs`] of its directory.
-    dir: usize,
+    dir: Arc<ScanDir>,
     name: CString,
     listed: FileType,
+}
+
+/// Chunks of entries to read, handed from the assembler to the loading threads in
+/// canonical order as the skeleton grows.
+#[derive(Default)]
+struct Feed {
+    state: Mutex<FeedState>,
+    grown: Condvar,
+}
+
+#[derive(Default)]
+struct FeedState {
+    chunks: Vec<Arc<[ToRead]>>,
+    /// No more chunks are coming.
+    done: bool,
+}
+
+impl Feed {
+    fn push(&self, chunk: Vec<ToRead>) {
+        self.state.lock().unwrap_or_else(PoisonError::into_inner).chunks.push(chunk.into());
+        self.grown.notify_all();
+    }
+
+    fn finish(&self) {
+        self.state.lock().unwrap_or_else(PoisonError::into_inner).done = true;
+        self.grown.notify_all();
+    }
+
+    /// Chunk `index`, once made; `None` when there will be none.
+    fn get(&self, index: usize) -> Option<Arc<[ToRead]>> {
+        let mut state = self.state.lock().unwrap_or_else(PoisonError::into_inner);
+        loop {
+            if let Some(chunk) = state.chunks.get(index) {
+                return Some(Arc::clone(chunk));
+            }
+            if state.done {
+                return None;
+            }
+            state = self.grown.wait(state).unwrap_or_else(PoisonError::into_inner);
+        }
+    }
+}
+
+struct FinishOnDrop<'f>(&'f Feed);
+
+impl Drop for FinishOnDrop<'_> {
+    fn drop(&mut self) {
+        self.0.finish();
+    }
 }
 
 /// One directory as listed.
@@ -193,6 +252,9 @@ struct Listed {
     entries: Vec<ListedEntry>,
     /// Entries here and below.
     total: usize,
+    /// The directory's device: with the listing's inode numbers, it tells names of one
+    /// file apart from files of another file system mounted inside the source.
+    dev: (u32, u32),
 }
 
 struct ListedEntry {
@@ -205,210 +267,234 @@ struct ListedEntry {
     dir: Option<(Metadata, Listed)>,
 }
 
-/// The skeleton of a directory source and what is left to read.
-struct Scan<'o> {
+/// Every directory of a source, listed.
+struct Listing<'o> {
     loader: Loader<'o>,
-    tree: FileTree,
-    dirs: Vec<ScanDir>,
-    /// The first name of every non-directory, in node (canonical) order.
-    files: Vec<ToRead>,
-    /// The other names of nodes with several names.
-    links: Vec<ToRead>,
+    /// The root's metadata (owners mapped, time clamped) and path.
+    root_meta: (Metadata, PathBuf),
+    root_dev: (u32, u32),
+    entries: Vec<ListedEntry>,
+    total: usize,
 }
 
-impl<'o> Scan<'o> {
+impl<'o> Listing<'o> {
     /// Lists `root`; `None` when the listing does not give every entry's type.
-    fn new(root: &Path, opts: &'o SourceOptions) -> anyhow::Result<Option<Scan<'o>>> {
+    fn new(root: &Path, opts: &'o SourceOptions) -> anyhow::Result<Option<Listing<'o>>> {
         if let Some(owner) = &opts.owner {
             owner.validate().map_err(crate::error::UsageError::new)?;
         }
         let root_fd = open_dir(CWD, root)?;
         let root_stat = statx(&root_fd, c"", AtFlags::EMPTY_PATH, StatxFlags::BASIC_STATS)?;
-        let loader = Loader { opts, inline_left: AtomicU64::new(INLINE_BUDGET) };
-        let Some(listed) = list_dir(opts, root_fd, root, &[])? else {
+        let dev = (root_stat.stx_dev_major, root_stat.stx_dev_minor);
+        let Some(listed) = list_dir(opts, root_fd, root, &[], dev)? else {
             return Ok(None);
         };
         let mut root_meta = metadata_of(&root_stat);
         root_meta.xattrs = listed.xattrs;
-        let mut scan = Scan {
-            loader,
-            tree: FileTree::new(finish_meta(opts, root_meta)),
-            dirs: vec![ScanDir { host_path: root.to_path_buf() }],
-            files: Vec::new(),
-            links: Vec::new(),
+        Ok(Some(Listing {
+            loader: Loader { opts, inline_left: AtomicU64::new(INLINE_BUDGET) },
+            root_meta: (finish_meta(opts, root_meta), root.to_path_buf()),
+            root_dev: dev,
+            entries: listed.entries,
+            total: listed.total,
+        }))
+    }
+}
+
+/// The shape of the tree, with the names to check once the nodes are read.
+struct Skeleton {
+    tree: FileTree,
+    /// The further names of nodes with several names.
+    links: Vec<ToRead>,
+}
+
+/// Builds the skeleton in canonical order (so node numbers are those
+/// [`crate::source::canonicalize`] gives), handing the non-directories to read to
+/// `feed` a chunk at a time; the feed is finished however this ends.
+fn assemble(
+    opts: &SourceOptions,
+    (root_meta, root_path): (Metadata, PathBuf),
+    (root_dev, root_entries): ((u32, u32), Vec<ListedEntry>),
+    total: usize,
+    feed: &Feed,
+) -> anyhow::Result<Skeleton> {
+    let _finish = FinishOnDrop(feed);
+    let mut tree = FileTree::new(root_meta);
+    tree.reserve(total);
+    let mut links = Vec::new();
+    let mut chunk = Vec::with_capacity(LOAD_CHUNK);
+    let mut by_ino: HashMap<HostInode, NodeId, InoHash> =
+        HashMap::with_capacity_and_hasher(total, InoHash::default());
+    let root_dir = Arc::new(ScanDir { host_path: root_path, is_root: true });
+    let mut stack = vec![(tree.root(), root_dir, root_dev, root_entries.into_iter())];
+    while let Some((dir_id, dir, dev, entries)) = stack.last_mut() {
+        let (dir_id, dir, dev) = (*dir_id, Arc::clone(dir), *dev);
+        let Some(entry) = entries.next() else {
+            stack.pop();
+            continue;
         };
-        scan.assemble(listed.entries, listed.total)?;
-        Ok(Some(scan))
-    }
-
-    /// Builds the skeleton in canonical order (so node numbers are those
-    /// [`crate::source::canonicalize`] gives).
-    fn assemble(&mut self, root_entries: Vec<ListedEntry>, total: usize) -> anyhow::Result<()> {
-        let opts = self.loader.opts;
-        self.tree.reserve(total);
-        self.files.reserve(total);
-        let mut by_ino: HashMap<u64, NodeId, InoHash> =
-            HashMap::with_capacity_and_hasher(total, InoHash::default());
-        let mut stack = vec![(self.tree.root(), 0usize, root_entries.into_iter())];
-        while let Some((dir_id, dir_index, entries)) = stack.last_mut() {
-            let (dir_id, dir_index) = (*dir_id, *dir_index);
-            let Some(entry) = entries.next() else {
-                stack.pop();
-                continue;
-            };
-            let name = entry.name.as_bytes();
-            if let Some((mut meta, listed)) = entry.dir {
-                meta.xattrs = listed.xattrs;
-                let node = Node {
-                    meta: finish_meta(opts, meta),
-                    kind: NodeKind::Directory(Default::default()),
-                };
-                let id = self.tree.add(dir_id, name, node)?;
-                let host_path =
-                    self.dirs[dir_index].host_path.join(std::ffi::OsStr::from_bytes(name));
-                self.dirs.push(ScanDir { host_path });
-                stack.push((id, self.dirs.len() - 1, listed.entries.into_iter()));
-                continue;
-            }
-            let mut to_read =
-                ToRead { id: dir_id, dir: dir_index, name: entry.name, listed: entry.listed };
-            if let Some(&first) = by_ino.get(&entry.ino) {
-                self.tree.link(dir_id, to_read.name.as_bytes(), first)?;
-                to_read.id = first;
-                self.links.push(to_read);
-            } else {
-                let node = Node { meta: Metadata::default(), kind: placeholder(entry.listed) };
-                to_read.id = self.tree.add(dir_id, to_read.name.as_bytes(), node)?;
-                by_ino.insert(entry.ino, to_read.id);
-                self.files.push(to_read);
+        let name = entry.name.as_bytes();
+        if let Some((mut meta, listed)) = entry.dir {
+            meta.xattrs = listed.xattrs;
+            let kind = NodeKind::Directory(Default::default());
+            let id = tree.add(dir_id, name, Node { meta: finish_meta(opts, meta), kind })?;
+            let host_path = dir.host_path.join(OsStr::from_bytes(name));
+            let sub = Arc::new(ScanDir { host_path, is_root: false });
+            stack.push((id, sub, listed.dev, listed.entries.into_iter()));
+            continue;
+        }
+        let mut to_read = ToRead { id: dir_id, dir, name: entry.name, listed: entry.listed };
+        let inode = (dev.0, dev.1, entry.ino);
+        if let Some(&first) = by_ino.get(&inode) {
+            tree.link(dir_id, to_read.name.as_bytes(), first)?;
+            to_read.id = first;
+            links.push(to_read);
+        } else {
+            let node = Node { meta: Metadata::default(), kind: placeholder(entry.listed) };
+            to_read.id = tree.add(dir_id, to_read.name.as_bytes(), node)?;
+            by_ino.insert(inode, to_read.id);
+            chunk.push(to_read);
+            if chunk.len() == LOAD_CHUNK {
+                feed.push(std::mem::replace(&mut chunk, Vec::with_capacity(LOAD_CHUNK)));
             }
         }
-        Ok(())
     }
+    if !chunk.is_empty() {
+        feed.push(chunk);
+    }
+    Ok(Skeleton { tree, links })
+}
 
-    /// Reads every non-directory into `pending`, in canonical order, with a few
-    /// threads taking chunks in turn; then checks the hard links.
-    fn load(&self, pending: &PendingNodes) -> anyhow::Result<Loaded> {
-        let chunks: Vec<&[ToRead]> = self.files.chunks(LOAD_CHUNK).collect();
-        let state = LoadState {
-            chunks,
-            next: AtomicUsize::new(0),
-            stopped: AtomicBool::new(false),
-            first_stop: Mutex::new(None),
-            read: Mutex::new((vec![false; self.files.len().div_ceil(LOAD_CHUNK)], 0)),
-            linked: Mutex::new(Vec::new()),
+/// What the loading threads share.
+#[derive(Default)]
+struct LoadState {
+    /// The next chunk to take.
+    next: AtomicUsize,
+    /// Set when a chunk failed: take no more.
+    stopped: AtomicBool,
+    /// The earliest chunk that failed, and why.
+    first_stop: Mutex<Option<(usize, Stop)>>,
+    /// For each chunk read, the number after its last node; and the first chunk not
+    /// read: every node before the end of the chunk before it is read.
+    read: Mutex<(Vec<Option<usize>>, usize)>,
+    /// Nodes of several links (`stat` says so): their device and inode numbers.
+    linked: Mutex<Vec<(HostInode, NodeId)>>,
+}
+
+/// Reads every non-directory the feed hands over into `pending`, in canonical order,
+/// with a few threads taking chunks in turn; returns how it ended and the nodes with
+/// several links.
+fn load(
+    loader: &Loader<'_>,
+    feed: &Feed,
+    pending: &PendingNodes,
+) -> anyhow::Result<(Loaded, Vec<(HostInode, NodeId)>)> {
+    let state = LoadState::default();
+    let threads = std::thread::available_parallelism().map_or(2, |n| n.get()).min(MAX_LOADERS);
+    std::thread::scope(|scope| {
+        for _ in 0..threads {
+            scope.spawn(|| load_chunks(loader, feed, &state, pending));
+        }
+    });
+    let linked = state.linked.into_inner().unwrap_or_else(PoisonError::into_inner);
+    match state.first_stop.into_inner().unwrap_or_else(PoisonError::into_inner) {
+        Some((_, Stop::Failed(error))) => Err(error),
+        Some((_, Stop::Inconsistent)) => Ok((Loaded::Inconsistent, linked)),
+        None => Ok((Loaded::Complete, linked)),
+    }
+}
+
+/// One loading thread: takes chunks in order until none is left or one failed.
+/// A chunk taken is finished (unless it fails itself), so that the failure of an
+/// earlier chunk is always found.
+fn load_chunks(loader: &Loader<'_>, feed: &Feed, state: &LoadState, pending: &PendingNodes) {
+    let mut scratch = Scratch::default();
+    let mut linked = Vec::new();
+    while !state.stopped.load(Ordering::Relaxed) {
+        let index = state.next.fetch_add(1, Ordering::Relaxed);
+        let Some(chunk) = feed.get(index) else { break };
+        if let Err(stop) = load_chunk(loader, &chunk, pending, &mut scratch, &mut linked) {
+            state.stopped.store(true, Ordering::Relaxed);
+            let mut first = state.first_stop.lock().unwrap_or_else(PoisonError::into_inner);
+            if first.as_ref().is_none_or(|(at, _)| index < *at) {
+                *first = Some((index, stop));
+            }
+            break;
+        }
+        // Publish the nodes of the chunks read without a gap from the start.
+        let mut read = state.read.lock().unwrap_or_else(PoisonError::into_inner);
+        let (ends, first_unread) = &mut *read;
+        if ends.len() <= index {
+            ends.resize(index + 1, None);
+        }
+        ends[index] = chunk.last().map(|last| last.id.index() + 1);
+        let before = *first_unread;
+        while ends.get(*first_unread).is_some_and(Option::is_some) {
+            *first_unread += 1;
+        }
+        if *first_unread > before
+            && let Some(Some(ready)) = ends.get(*first_unread - 1)
+        {
+            pending.publish(*ready);
+        }
+    }
+    state.linked.lock().unwrap_or_else(PoisonError::into_inner).append(&mut linked);
+}
+
+/// Reads the entries of `chunk` and hands them over.
+fn load_chunk(
+    loader: &Loader<'_>,
+    chunk: &[ToRead],
+    pending: &PendingNodes,
+    scratch: &mut Scratch,
+    linked: &mut Vec<(HostInode, NodeId)>,
+) -> Result<(), Stop> {
+    let mut open: Option<(&Arc<ScanDir>, OwnedFd)> = None;
+    for item in chunk {
+        let dir_fd = match &open {
+            Some((dir, fd)) if Arc::ptr_eq(dir, &item.dir) => fd,
+            _ => &open.insert((&item.dir, open_scan_dir(&item.dir).map_err(Stop::Failed)?)).1,
         };
-        let threads = std::thread::available_parallelism().map_or(2, |n| n.get()).min(MAX_LOADERS);
-        std::thread::scope(|scope| {
-            for _ in 0..threads {
-                scope.spawn(|| self.load_chunks(&state, pending));
-            }
-        });
-        match state.first_stop.into_inner().unwrap_or_else(PoisonError::into_inner) {
-            Some((_, Stop::Failed(error))) => return Err(error),
-            Some((_, Stop::Inconsistent)) => return Ok(Loaded::Inconsistent),
-            None => {}
+        let host =
+            HostPath { dir: &item.dir.host_path, name: OsStr::from_bytes(item.name.as_bytes()) };
+        let loaded = loader
+            .read_entry(dir_fd.as_fd(), host, &item.name, item.listed, scratch)
+            .map_err(Stop::Failed)?;
+        let What::Other(kind) = loaded.what else { return Err(Stop::Inconsistent) };
+        if std::mem::discriminant(&kind) != std::mem::discriminant(&placeholder(item.listed)) {
+            return Err(Stop::Inconsistent);
         }
-        let linked = state.linked.into_inner().unwrap_or_else(PoisonError::into_inner);
-        Ok(if self.links_agree(linked) { Loaded::Complete } else { Loaded::Inconsistent })
+        if let Some(inode) = loaded.hard_link {
+            linked.push((inode, item.id));
+        }
+        pending.fill(item.id, Node { meta: finish_meta(loader.opts, loaded.meta), kind });
     }
+    Ok(())
+}
 
-    /// One loading thread: takes chunks in order until none is left or one failed.
-    /// A chunk taken is finished (unless it fails itself), so that the failure of an
-    /// earlier chunk is always found.
-    fn load_chunks(&self, state: &LoadState<'_>, pending: &PendingNodes) {
-        let mut scratch = Scratch::default();
-        let mut linked = Vec::new();
-        while !state.stopped.load(Ordering::Relaxed) {
-            let index = state.next.fetch_add(1, Ordering::Relaxed);
-            let Some(chunk) = state.chunks.get(index) else { break };
-            if let Err(stop) = self.load_chunk(chunk, pending, &mut scratch, &mut linked) {
-                state.stopped.store(true, Ordering::Relaxed);
-                let mut first = state.first_stop.lock().unwrap_or_else(PoisonError::into_inner);
-                if first.as_ref().is_none_or(|(at, _)| index < *at) {
-                    *first = Some((index, stop));
-                }
-                break;
-            }
-            // Publish the nodes of the chunks read without a gap from the start.
-            let mut read = state.read.lock().unwrap_or_else(PoisonError::into_inner);
-            let (is_read, first_unread) = &mut *read;
-            is_read[index] = true;
-            if *first_unread == index {
-                while is_read.get(*first_unread) == Some(&true) {
-                    *first_unread += 1;
-                }
-                let ready = state
-                    .chunks
-                    .get(*first_unread)
-                    .map_or(self.tree.node_count(), |chunk| chunk[0].id.index());
-                pending.publish(ready);
-            }
-        }
-        state.linked.lock().unwrap_or_else(PoisonError::into_inner).append(&mut linked);
-    }
-    /// Reads the entries of `chunk` and hands them over.
-    fn load_chunk(
-        &self,
-        chunk: &[ToRead],
-        pending: &PendingNodes,
-        scratch: &mut Scratch,
-        linked: &mut Vec<(HostInode, NodeId)>,
-    ) -> Result<(), Stop> {
-        let mut open: Option<(usize, OwnedFd)> = None;
-        for item in chunk {
-            let dir = &self.dirs[item.dir];
-            let dir_fd = match &open {
-                Some((index, fd)) if *index == item.dir => fd,
-                _ => {
-                    let fd = self.open_dir(item.dir).map_err(Stop::Failed)?;
-                    &open.insert((item.dir, fd)).1
-                }
-            };
-            let host =
-                HostPath { dir: &dir.host_path, name: OsStr::from_bytes(item.name.as_bytes()) };
-            let loaded = self
-                .loader
-                .read_entry(dir_fd.as_fd(), host, &item.name, item.listed, scratch)
-                .map_err(Stop::Failed)?;
-            let What::Other(kind) = loaded.what else { return Err(Stop::Inconsistent) };
-            let listed = &self.tree.node(item.id).kind;
-            if std::mem::discriminant(&kind) != std::mem::discriminant(listed) {
-                return Err(Stop::Inconsistent);
-            }
-            if let Some(inode) = loaded.hard_link {
-                linked.push((inode, item.id));
-            }
-            pending.fill(item.id, Node { meta: finish_meta(self.loader.opts, loaded.meta), kind });
-        }
-        Ok(())
-    }
+fn open_scan_dir(dir: &ScanDir) -> anyhow::Result<OwnedFd> {
+    let path = &dir.host_path;
+    let fd = if dir.is_root { open_dir(CWD, path) } else { open_subdir(path) };
+    fd.with_context(|| format!("cannot read the directory '{}'", path.display()))
+}
 
-    fn open_dir(&self, index: usize) -> anyhow::Result<OwnedFd> {
-        let path = &self.dirs[index].host_path;
-        // The root as the user named it (a symbolic link is followed), as when scanning.
-        let fd = if index == 0 { open_dir(CWD, path) } else { open_subdir(path) };
-        fd.with_context(|| format!("cannot read the directory '{}'", path.display()))
-    }
-
-    /// Whether the hard links of the listing are those `stat` shows: every node's
-    /// several names are one inode, and no two nodes are.
-    fn links_agree(&self, linked: Vec<(HostInode, NodeId)>) -> bool {
-        let mut node_of: HashMap<HostInode, NodeId> = HashMap::with_capacity(linked.len());
-        for (inode, id) in linked {
-            if node_of.insert(inode, id).is_some() {
-                return false;
-            }
+/// Whether the hard links of the listing are those `stat` shows: every node's
+/// several names are one inode, and no two nodes are.
+fn links_agree(links: &[ToRead], linked: Vec<(HostInode, NodeId)>) -> bool {
+    let mut node_of: HashMap<HostInode, NodeId> = HashMap::with_capacity(linked.len());
+    for (inode, id) in linked {
+        if node_of.insert(inode, id).is_some() {
+            return false;
         }
-        let inode_of: HashMap<NodeId, HostInode> =
-            node_of.into_iter().map(|(inode, id)| (id, inode)).collect();
-        self.links.iter().all(|link| {
-            let path = self.dirs[link.dir].host_path.join(std::ffi::OsStr::from_bytes(link.name.as_bytes()));
-            let stat = statx(CWD, &path, AtFlags::SYMLINK_NOFOLLOW, StatxFlags::BASIC_STATS);
-            matches!(stat, Ok(stat)
-                if inode_of.get(&link.id) == Some(&(stat.stx_dev_major, stat.stx_dev_minor, stat.stx_ino)))
-        })
     }
+    let inode_of: HashMap<NodeId, HostInode> =
+        node_of.into_iter().map(|(inode, id)| (id, inode)).collect();
+    links.iter().all(|link| {
+        let path = link.dir.host_path.join(OsStr::from_bytes(link.name.as_bytes()));
+        let stat = statx(CWD, &path, AtFlags::SYMLINK_NOFOLLOW, StatxFlags::BASIC_STATS);
+        matches!(stat, Ok(stat)
+            if inode_of.get(&link.id) == Some(&(stat.stx_dev_major, stat.stx_dev_minor, stat.stx_ino)))
+    })
 }
 
 /// Hashes inode numbers (already well spread) with one multiplication instead of
@@ -427,6 +513,10 @@ impl std::hash::Hasher for InoHasher {
         for &byte in bytes {
             self.write_u64(u64::from(byte) | (self.0 << 8));
         }
+    }
+
+    fn write_u32(&mut self, value: u32) {
+        self.write_u64(u64::from(value));
     }
 
     fn write_u64(&mut self, value: u64) {
@@ -455,6 +545,7 @@ fn list_dir(
     dir_fd: OwnedFd,
     dir_path: &Path,
     tree_path: &[u8],
+    dev: (u32, u32),
 ) -> anyhow::Result<Option<Listed>> {
     let cannot_read = || format!("cannot read the directory '{}'", dir_path.display());
     let xattrs = XattrReader::default().read(XattrsOf::Fd(dir_fd.as_fd()), &dir_path.display())?;
@@ -497,16 +588,16 @@ fn list_dir(
         if !FileType::from_raw_mode(u32::from(stat.stx_mode)).is_dir() {
             return Ok(None);
         }
-        subdirs.push((index, metadata_of(&stat)));
+        subdirs.push((index, metadata_of(&stat), (stat.stx_dev_major, stat.stx_dev_minor)));
     }
     drop(dir_fd);
     let listings: Vec<anyhow::Result<(usize, Metadata, Option<Listed>)>> = subdirs
         .into_par_iter()
-        .map(|(index, meta)| {
+        .map(|(index, meta, dev)| {
             let entry = &entries[index];
             let host_path = dir_path.join(std::ffi::OsStr::from_bytes(entry.name.as_bytes()));
             let fd = open_subdir(&host_path)?;
-            Ok((index, meta, list_dir(opts, fd, &host_path, &entry.tree_path)?))
+            Ok((index, meta, list_dir(opts, fd, &host_path, &entry.tree_path, dev)?))
         })
         .collect();
     let mut total = entries.len();
@@ -516,7 +607,7 @@ fn list_dir(
         total += listed.total;
         entries[index].dir = Some((meta, listed));
     }
-    Ok(Some(Listed { xattrs, entries, total }))
+    Ok(Some(Listed { xattrs, entries, total, dev }))
 }
 
 #[cfg(test)]
@@ -565,24 +656,29 @@ mod tests {
         }
     }
 
-    /// Scans `root`, lets `between` change it, loads; the completed tree on success.
+    /// Lists `root`, lets `between` change it, assembles and loads (one after the
+    /// other); the completed tree when the listing held.
     fn scan_then_load(
         root: &Path,
         opts: &SourceOptions,
         between: impl FnOnce(),
     ) -> anyhow::Result<Result<FileTree, ()>> {
-        let scan = Scan::new(root, opts)?.expect("the listing has types");
+        let listing = Listing::new(root, opts)?.expect("the listing has types");
         between();
-        let pending = PendingNodes::new(scan.tree.node_count());
-        let loaded = scan.load(&pending);
+        let Listing { loader, root_meta, root_dev, entries, total } = listing;
+        let pending = PendingNodes::new(total + 1);
+        let feed = Feed::default();
+        let skeleton = assemble(opts, root_meta, (root_dev, entries), total, &feed)?;
+        let loaded = load(&loader, &feed, &pending);
         pending.stop();
-        Ok(match loaded? {
-            Loaded::Complete => {
-                let mut tree = scan.tree;
+        let (loaded, linked) = loaded?;
+        Ok(match loaded {
+            Loaded::Complete if links_agree(&skeleton.links, linked) => {
+                let mut tree = skeleton.tree;
                 pending.complete(&mut tree);
                 Ok(tree)
             }
-            Loaded::Inconsistent => Err(()),
+            _ => Err(()),
         })
     }
 
@@ -609,6 +705,39 @@ mod tests {
         .unwrap();
         let Streamed::Whole(whole) = whole else { panic!("the writer asked for the whole tree") };
         assert_eq!(dump(&whole), dump(&loaded));
+    }
+
+    /// Many chunks: files in several directories (some larger than a block, read by
+    /// the writer's reader threads), hard links across chunks.
+    fn many(root: &Path) {
+        for d in 0..5 {
+            let dir = root.join(format!("d{d}"));
+            fs::create_dir_all(dir.join("sub")).unwrap();
+            for f in 0..90 {
+                let bytes = if f % 17 == 0 { vec![b'x'; 9000 + f] } else { vec![b'a'; f] };
+                fs::write(dir.join(format!("f{f:03}")), bytes).unwrap();
+            }
+            fs::write(dir.join("sub/last"), b"last").unwrap();
+        }
+        fs::hard_link(root.join("d0/f001"), root.join("d4/sub/link")).unwrap();
+    }
+
+    #[test]
+    fn many_chunks_load_in_order_and_the_earliest_failure_wins() {
+        let temp = tempfile::tempdir().unwrap();
+        let root = temp.path();
+        many(root);
+        let opts = SourceOptions::default();
+        let streamed = scan_then_load(root, &opts, || {}).unwrap().unwrap();
+        assert_eq!(dump(&streamed), dump(&load_source(root, &opts).unwrap()));
+        // Two files gone, several chunks apart: the first in canonical order is named.
+        let error = scan_then_load(root, &opts, || {
+            fs::remove_file(root.join("d3/f050")).unwrap();
+            fs::remove_file(root.join("d1/f020")).unwrap();
+        })
+        .expect_err("gone files loaded");
+        let message = format!("{error:#}");
+        assert!(message.contains(&root.join("d1/f020").display().to_string()), "{message}");
     }
 
     #[test]
@@ -656,10 +785,10 @@ mod tests {
         // Through the driver: the writer waiting for the gone entry is woken with
         // nothing, and the loader's error is the one reported, not the writer's.
         let opts = options();
-        let scan = Scan::new(root, &opts).unwrap().unwrap();
-        let gone = scan.files.iter().find(|f| f.name.as_bytes() == b"passwd").unwrap().id;
+        let listing = Listing::new(root, &opts).unwrap().unwrap();
         fs::remove_file(root.join("etc/passwd")).unwrap();
-        let result = write_scanned(scan, root, &opts, |_, pending| {
+        let result = write_listed(listing, root, &opts, |skeleton, pending| {
+            let gone = skeleton.lookup(b"etc/passwd").unwrap();
             assert!(pending.wait(gone).is_none(), "a node for a file that is gone");
             Err::<Option<()>, _>(anyhow::anyhow!("the writer's own error"))
         });
