@@ -188,22 +188,9 @@ impl<'a> Leaves<'a> {
     /// the `relative`-th block on. A zero block takes the precomputed digest;
     /// a block equal to the one before it takes that one's digest.
     fn hash_blocks(&self, data: &[u8], relative: usize, out: &mut [u8]) {
-        let Shape { data_block_size, digest_size, .. } = self.shape;
-        let mut batch = Batch::new(self.hasher);
-        let mut previous: Option<(&[u8], usize)> = None;
-        for (index, block) in data.chunks_exact(data_block_size).enumerate() {
-            let at = self.shape.slot_offset(relative + index);
-            if is_zero(block) {
-                out[at..at + digest_size].copy_from_slice(&self.zero_digest);
-            } else if let Some((_, source)) = previous.filter(|&(before, _)| before == block) {
-                batch.flush(out);
-                out.copy_within(source..source + digest_size, at);
-            } else {
-                batch.push(block, at, out);
-                previous = Some((block, at));
-            }
-        }
-        batch.flush(out);
+        let blocks = data.chunks_exact(self.shape.data_block_size).enumerate();
+        let blocks = blocks.map(|(index, block)| (self.shape.slot_offset(relative + index), block));
+        digest_blocks(self.hasher, blocks, is_zero, &self.zero_digest, out);
     }
 
     /// The byte ranges of level 0 each parallel task fills, with the first data
@@ -345,7 +332,7 @@ fn upper_level(
     index: usize,
     blocks: usize,
 ) -> Vec<u8> {
-    let Shape { hash_block_size: hbs, hashes_per_block: hpb, digest_size, .. } = shape;
+    let Shape { hash_block_size: hbs, hashes_per_block: hpb, .. } = shape;
     let child_level = index - 1;
     // Children hashed per task: about TASK_BYTES of them, whole parents.
     let parents_per_task = usize::try_from(TASK_BYTES).unwrap_or(usize::MAX) / (hpb * hbs);
@@ -355,23 +342,39 @@ fn upper_level(
         let first_child = task * parents_per_task * hpb;
         let children = child.get(first_child * hbs..).unwrap_or(&[]);
         let children = children.chunks_exact(hbs).take(parents.len() / hbs * hpb);
-        let mut batch = Batch::new(hasher);
-        let mut previous: Option<(&[u8], usize)> = None;
-        for (relative, block) in children.enumerate() {
-            let at = shape.slot_offset(relative);
-            if zeros.is_zero_block(child_level, block) {
-                parents[at..at + digest_size].copy_from_slice(&zeros.digests[child_level]);
-            } else if let Some((_, source)) = previous.filter(|&(before, _)| before == block) {
-                batch.flush(parents);
-                parents.copy_within(source..source + digest_size, at);
-            } else {
-                batch.push(block, at, parents);
-                previous = Some((block, at));
-            }
-        }
-        batch.flush(parents);
+        let children =
+            children.enumerate().map(|(relative, block)| (shape.slot_offset(relative), block));
+        let is_zero = |block: &[u8]| zeros.is_zero_block(child_level, block);
+        digest_blocks(hasher, children, is_zero, &zeros.digests[child_level], parents);
     });
     level
+}
+
+/// Puts the digest of each block into `out` at the offset given with it: an all-zero
+/// block (`is_zero`) takes `zero_digest`, a block equal to the one before it that
+/// one's digest, the others are hashed in batches.
+fn digest_blocks<'b>(
+    hasher: &BlockHasher,
+    blocks: impl Iterator<Item = (usize, &'b [u8])>,
+    is_zero: impl Fn(&[u8]) -> bool,
+    zero_digest: &[u8],
+    out: &mut [u8],
+) {
+    let digest_size = zero_digest.len();
+    let mut batch = Batch::new(hasher);
+    let mut previous: Option<(&[u8], usize)> = None;
+    for (at, block) in blocks {
+        if is_zero(block) {
+            out[at..at + digest_size].copy_from_slice(zero_digest);
+        } else if let Some((_, source)) = previous.filter(|&(before, _)| before == block) {
+            batch.flush(out);
+            out.copy_within(source..source + digest_size, at);
+        } else {
+            batch.push(block, at, out);
+            previous = Some((block, at));
+        }
+    }
+    batch.flush(out);
 }
 
 fn same_file(a: &File, b: &File) -> Result<bool, VerityError> {

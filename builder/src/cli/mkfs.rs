@@ -129,27 +129,26 @@ fn run_ext4(args: Ext4Args) -> anyhow::Result<ExitCode> {
     };
     let writing = || format!("writing {}", args.image.display());
     let cannot_size = || format!("cannot size {}", args.image.display());
+    // Whole blocks: a size that is not a multiple of 4096 is rounded down.
+    let whole_blocks = requested.map(|size| size / 4096 * 4096);
     // A directory into a file system of a given size is written while it is read.
     // Should that fail, it is done again the ordinary way, whose error (the first
     // problem in its order, named as always) is the one reported.
-    let streamed = match requested {
-        Some(size) if args.source.is_dir() => {
-            let size = size / 4096 * 4096;
-            write_atomically(&args.image, |file| {
-                file.set_len(size).with_context(cannot_size)?;
-                write_ext4_while_loading(&args.source, &source_options, &options, file, size)
-            })
-            .ok()
-            .map(|summary| (summary, size))
-        }
+    let streamed = match whole_blocks {
+        Some(size) if args.source.is_dir() => write_atomically(&args.image, |file| {
+            file.set_len(size).with_context(cannot_size)?;
+            write_ext4_while_loading(&args.source, &source_options, &options, file, size)
+        })
+        .ok()
+        .map(|summary| (summary, size)),
         _ => None,
     };
     let (summary, size) = match streamed {
         Some(written) => written,
         None => {
             let tree = load_source(&args.source, &source_options)?;
-            let size = match requested {
-                Some(size) => size / 4096 * 4096,
+            let size = match whole_blocks {
+                Some(size) => size,
                 None => {
                     (ext4::min_size(&tree, &options)? + DEFAULT_HEADROOM).div_ceil(1 << 20) << 20
                 }

@@ -243,20 +243,19 @@ pub fn write_streamed(
 ) -> Result<Option<Ext4Summary>, Ext4Error> {
     check_options(opts)?;
     let blocks = region.len() / BLOCK_SIZE;
-    let mut plan = plan::Plan::streamed(skeleton, pending, opts)?;
+    let plan = plan::Plan::streamed(skeleton, pending, opts)?;
     // The geometry depends on the inode count only, which the skeleton gives.
     let Some(geometry) = plan::Geometry::new(blocks, &plan, opts)? else {
         return Ok(None);
     };
+    let limit = geometry.content_limit();
     let (summary, needs) = match write::write(&plan, geometry, opts, region) {
         Ok(written) => written,
         Err(Ext4Error::OutOfSpace { .. }) => return Ok(None),
         Err(error) => return Err(error),
     };
-    plan.content_blocks += needs.blocks;
-    plan.slack_blocks += needs.slack;
-    let fits = plan::Geometry::new(blocks, &plan, opts)?.is_some_and(|g| g.fits(&plan));
-    Ok(fits.then_some(summary))
+    let counted = plan.content_blocks + plan.slack_blocks + needs.blocks + needs.slack;
+    Ok(limit.filter(|&limit| counted <= limit).map(|_| summary))
 }
 
 fn check_options(opts: &Ext4Options) -> Result<(), Ext4Error> {

@@ -680,7 +680,13 @@ impl Geometry {
 
     /// Whether the plan's blocks fit what is left after the metadata.
     pub(crate) fn fits(&self, plan: &Plan<'_>) -> bool {
-        plan.content_blocks + plan.slack_blocks + self.split_margin() <= self.allocator.remaining()
+        self.content_limit().is_some_and(|limit| plan.content_blocks + plan.slack_blocks <= limit)
+    }
+
+    /// Most content and slack blocks a plan may count to fit, before anything is
+    /// allocated; `None` when not even the margin fits.
+    pub(crate) fn content_limit(&self) -> Option<u64> {
+        self.allocator.remaining().checked_sub(self.split_margin())
     }
 }
 

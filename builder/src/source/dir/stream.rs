@@ -740,36 +740,36 @@ mod tests {
         assert!(message.contains(&root.join("d1/f020").display().to_string()), "{message}");
     }
 
-    #[test]
-    fn an_entry_changed_since_the_listing_makes_it_read_again() {
+    /// Whether a listing of [`tree`] taken before `change` makes the load read
+    /// everything again.
+    fn read_again_after(change: impl FnOnce(&Path)) -> bool {
         let temp = tempfile::tempdir().unwrap();
         tree(temp.path());
         let root = temp.path();
+        scan_then_load(root, &options(), || change(root)).unwrap().is_err()
+    }
+
+    #[test]
+    fn an_entry_changed_since_the_listing_makes_it_read_again() {
         // A file that became a symbolic link.
-        let result = scan_then_load(root, &options(), || {
+        assert!(read_again_after(|root| {
             fs::remove_file(root.join("var/sparse")).unwrap();
             std::os::unix::fs::symlink("elsewhere", root.join("var/sparse")).unwrap();
-        });
-        assert!(result.unwrap().is_err());
+        }));
     }
 
     #[test]
     fn hard_links_the_listing_did_not_show_make_it_read_again() {
-        let temp = tempfile::tempdir().unwrap();
-        tree(temp.path());
-        let root = temp.path();
         // Two names the listing saw as one inode are two files now.
-        let result = scan_then_load(root, &options(), || {
+        assert!(read_again_after(|root| {
             fs::remove_file(root.join("usr/passwd.link")).unwrap();
             fs::write(root.join("usr/passwd.link"), b"a copy").unwrap();
-        });
-        assert!(result.unwrap().is_err());
+        }));
         // Two names the listing saw as two inodes are one now.
-        let result = scan_then_load(root, &options(), || {
+        assert!(read_again_after(|root| {
             fs::remove_file(root.join("var/sparse")).unwrap();
             fs::hard_link(root.join("etc/passwd"), root.join("var/sparse")).unwrap();
-        });
-        assert!(result.unwrap().is_err());
+        }));
     }
 
     #[test]
