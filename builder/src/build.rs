@@ -72,7 +72,10 @@ pub fn build(
 
     let (produced, image_report, plan) = match plan.format {
         ImageFormat::Raw | ImageFormat::Vhd => write_atomically(&image, |file| {
-            let (produced, plan) = produce_in_place(plan, inputs, file, 0, plan.disk_size)?;
+            file.set_len(plan.disk_size).with_context(|| {
+                format!("cannot size {} to {} bytes", image.display(), plan.disk_size)
+            })?;
+            let (produced, plan) = produce_in_place(plan, inputs, file, 0)?;
             if plan.format == ImageFormat::Vhd {
                 append_fixed_footer(file, plan.disk_size, &vhd_options(&plan))
                     .with_context(|| format!("writing the VHD footer of {}", image.display()))?;
@@ -96,8 +99,7 @@ pub fn build(
                     );
                 }
             };
-            let (produced, plan) =
-                produce_in_place(plan, inputs, file, vhdx.disk_offset(), plan.disk_size)?;
+            let (produced, plan) = produce_in_place(plan, inputs, file, vhdx.disk_offset())?;
             let mut digests = ImageDigests::new(options.image_sha256);
             let summary = vhdx
                 .finish(&mut digests, Compaction::Auto)
@@ -370,29 +372,19 @@ fn ext4_label(label: &str) -> String {
     out
 }
 
-/// Produces every partition and the GPT into `file`, the disk starting at
-/// `disk_offset` (a raw or VHD image: 0; a VHDX built in place: its payload map).
+/// Produces every partition and the GPT into `file` (already sized), the disk
+/// starting at `disk_offset` (a raw or VHD image: 0; a VHDX built in place: its
+/// payload map).
 fn produce_in_place(
     plan: &Plan,
     inputs: &Inputs,
     file: &File,
     disk_offset: u64,
-    disk_size: u64,
 ) -> anyhow::Result<(Vec<Produced>, Plan)> {
-    let map_end = disk_offset.checked_add(disk_size).context("disk too large")?;
-    if file.metadata()?.len() < map_end {
-        file.set_len(map_end)
-            .with_context(|| format!("cannot size the image to {map_end} bytes"))?;
-    }
     let (produced, plan) = produce_partitions(plan, inputs, &|p| {
         FileRegion::new(file, disk_offset + p.offset, p.size)
     })?;
-    let layout = gpt_layout(&plan);
-    let primary = layout.primary_bytes().context("building the partition table")?;
-    let backup = layout.backup_bytes().context("building the backup partition table")?;
-    file.write_all_at(&primary, disk_offset).context("writing the partition table")?;
-    file.write_all_at(&backup, disk_offset + layout.backup_offset())
-        .context("writing the backup partition table")?;
+    gpt_layout(&plan).write_to_at(file, disk_offset).context("writing the partition table")?;
     Ok((produced, plan))
 }
 

@@ -138,20 +138,31 @@ pub fn write_vhd_fixed(
     out: &File,
     options: &VhdOptions,
 ) -> io::Result<()> {
+    // A disk too large is refused before any of it is copied.
+    let size = fixed_size(source.size())?;
     super::raw::write_raw(source, out)?;
-    append_fixed_footer(out, source.size(), options)
+    footer_at(out, size, options)
+}
+
+/// The size of the data part of a fixed VHD holding a disk of `disk_size` bytes:
+/// a whole MiB, at most 2040 GiB.
+pub fn fixed_size(disk_size: u64) -> io::Result<u64> {
+    disk_size.checked_next_multiple_of(MIB).filter(|&s| s <= MAX_SIZE).ok_or_else(|| {
+        io::Error::new(
+            io::ErrorKind::InvalidInput,
+            format!("a {disk_size}-byte disk is larger than a VHD can hold (2040 GiB)"),
+        )
+    })
 }
 
 /// Turns `out`, which holds a raw disk of `disk_size` bytes, into a fixed VHD:
 /// the disk padded to a whole MiB, then the footer.
 pub fn append_fixed_footer(out: &File, disk_size: u64, options: &VhdOptions) -> io::Result<()> {
-    let size =
-        disk_size.checked_next_multiple_of(MIB).filter(|&s| s <= MAX_SIZE).ok_or_else(|| {
-            io::Error::new(
-                io::ErrorKind::InvalidInput,
-                format!("a {disk_size}-byte disk is larger than a VHD can hold (2040 GiB)"),
-            )
-        })?;
+    footer_at(out, fixed_size(disk_size)?, options)
+}
+
+/// Pads `out` to `size` (from [`fixed_size`]) and writes the footer after it.
+fn footer_at(out: &File, size: u64, options: &VhdOptions) -> io::Result<()> {
     out.set_len(size)?;
     out.write_all_at(&fixed_footer(size, options), size)?;
     Ok(())

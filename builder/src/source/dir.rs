@@ -185,7 +185,8 @@ pub fn load_directory(root: &Path, opts: &SourceOptions) -> anyhow::Result<FileT
 impl Loader<'_> {
     /// Reads the open directory `dir_fd` (at `dir_path` on the host, `tree_path` in
     /// the tree), then its subdirectories, in parallel. Of several failures, the
-    /// first in canonical order is reported.
+    /// first among this directory's own entries (in name order) is reported, else
+    /// the first subdirectory's (in name order): the same whatever the threads do.
     fn read_dir(
         &self,
         dir_fd: OwnedFd,

@@ -41,10 +41,10 @@
 //! well under 32 MiB of data at its start, like a 2 GiB one.
 //!
 //! While writing, two helper threads read file content ahead (files dealt in turn) and
-//! three others perform the positioned writes (write-behind on request); the allocation
-//! and layout happen on the calling thread only, so the threads never change the result. Memory use is
-//! bounded (about 50 MiB of read and write buffers, one group's inode table, one
-//! directory).
+//! two others perform the positioned writes (write-behind on request); the allocation
+//! and layout happen on the calling thread only, so the threads never change the
+//! result. Memory use is bounded (about 16 MiB of read and write buffers, one group's
+//! inode table, one directory).
 //!
 //! ```text
 //! let needed = ext4::min_size(&tree, &opts)?;          // bytes, multiple of 4096

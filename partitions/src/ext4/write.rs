@@ -61,37 +61,24 @@ const WRITES_IN_FLIGHT: usize = 4;
 /// Largest coalesced write.
 const WRITE_BUFFER: usize = 1 << 20;
 
-/// A write buffer of up to [`WRITE_BUFFER`] bytes.
-struct IoBuf {
-    raw: Vec<u8>,
-    len: usize,
+/// A write buffer: up to [`WRITE_BUFFER`] bytes, whole blocks, in a `Vec` whose
+/// capacity is kept from use to use.
+type IoBuf = Vec<u8>;
+
+fn new_io_buf() -> IoBuf {
+    Vec::with_capacity(WRITE_BUFFER)
 }
 
-impl IoBuf {
-    fn new() -> IoBuf {
-        IoBuf { raw: vec![0u8; WRITE_BUFFER], len: 0 }
-    }
-
-    fn room(&self) -> usize {
-        WRITE_BUFFER - self.len
-    }
-
-    /// Appends `data` (at most `room()` bytes) and zeros up to the next block boundary.
-    fn push_block_padded(&mut self, data: &[u8]) {
-        let at = self.len;
-        let padded = data.len().next_multiple_of(BLOCK_SIZE_USIZE);
-        self.raw[at..at + data.len()].copy_from_slice(data);
-        self.raw[at + data.len()..at + padded].fill(0);
-        self.len += padded;
-    }
-
-    fn bytes(&self) -> &[u8] {
-        &self.raw[..self.len]
-    }
+/// Appends `data` (at most the room left) to `buf`, with zeros up to the next block
+/// boundary.
+fn push_block_padded(buf: &mut IoBuf, data: &[u8]) {
+    let padded = buf.len() + data.len().next_multiple_of(BLOCK_SIZE_USIZE);
+    buf.extend_from_slice(data);
+    buf.resize(padded, 0);
 }
 
 /// Coalesces writes of consecutive blocks and hands full buffers to the writer
-/// thread, so checking and copying overlap with the kernel's write.
+/// threads, so checking and copying overlap with the kernel's write.
 struct BlockWriter {
     start: u64,
     buf: IoBuf,
@@ -106,16 +93,18 @@ impl BlockWriter {
         let mut block = block;
         let mut data = data;
         while !data.is_empty() {
-            let pending_blocks = (self.buf.len / BLOCK_SIZE_USIZE) as u64;
-            if self.buf.len > 0 && (self.start + pending_blocks != block || self.buf.room() == 0) {
+            let pending_blocks = (self.buf.len() / BLOCK_SIZE_USIZE) as u64;
+            if !self.buf.is_empty()
+                && (self.start + pending_blocks != block || self.buf.len() == WRITE_BUFFER)
+            {
                 self.flush()?;
             }
-            if self.buf.len == 0 {
+            if self.buf.is_empty() {
                 self.start = block;
             }
             // Whole blocks, the room being a multiple of the block size.
-            let take = data.len().min(self.buf.room());
-            self.buf.push_block_padded(&data[..take]);
+            let take = data.len().min(WRITE_BUFFER - self.buf.len());
+            push_block_padded(&mut self.buf, &data[..take]);
             block += take.div_ceil(BLOCK_SIZE_USIZE) as u64;
             data = &data[take..];
         }
@@ -133,10 +122,10 @@ impl BlockWriter {
     }
 
     fn flush(&mut self) -> Result<(), Ext4Error> {
-        if self.buf.len == 0 {
+        if self.buf.is_empty() {
             return Ok(());
         }
-        let next = self.spare.try_recv().unwrap_or_else(|_| IoBuf::new());
+        let next = self.spare.try_recv().unwrap_or_else(|_| new_io_buf());
         let full = std::mem::replace(&mut self.buf, next);
         // The writer threads only hang up after a failed write, which they report.
         self.to_disk.send((self.start, full)).map_err(|_| Ext4Error::Write {
@@ -199,11 +188,11 @@ fn write_to_disk(
         // Receiving cannot panic, so the lock is never poisoned in practice.
         let next = queue.lock().unwrap_or_else(PoisonError::into_inner).recv();
         let Ok((block, mut data)) = next else { return Ok(()) };
-        if let Err(source) = sink.write(block, data.bytes()) {
+        if let Err(source) = sink.write(block, &data) {
             failed.store(true, Ordering::Relaxed);
             return Err(Ext4Error::Write { block, source });
         }
-        data.len = 0;
+        data.clear();
         let _ = spare.try_send(data);
     }
 }
@@ -247,7 +236,8 @@ struct ReaderLink {
 /// thread wake-up each, and buffers go back and forth instead of being allocated
 /// (and zeroed, and faulted in) for every file.
 struct Batch {
-    /// [`BATCH_BYTES`] long (initialised once, then reused).
+    /// [`BATCH_BYTES`] long (initialised once, then reused), or empty when the
+    /// batch carries no data.
     bytes: Vec<u8>,
     pieces: Vec<Piece>,
 }
@@ -290,10 +280,8 @@ impl<'a> Batcher<'a> {
     fn room(&mut self, len: usize) -> Option<&mut [u8]> {
         if self.used + len > self.bytes.len() {
             self.flush()?;
-            if self.bytes.len() < BATCH_BYTES {
-                let spare = self.spare.try_recv().ok().filter(|b| b.len() == BATCH_BYTES);
-                self.bytes = spare.unwrap_or_else(|| vec![0; BATCH_BYTES]);
-            }
+            // The writer hands back only whole buffers, never empty ones.
+            self.bytes = self.spare.try_recv().unwrap_or_else(|_| vec![0; BATCH_BYTES]);
         }
         Some(&mut self.bytes[self.used..self.used + len])
     }
@@ -422,7 +410,7 @@ pub(crate) fn write(
                 opts,
                 out: BlockWriter {
                     start: 0,
-                    buf: IoBuf::new(),
+                    buf: new_io_buf(),
                     to_disk: disk_tx,
                     spare: buffer_rx,
                 },
@@ -438,7 +426,8 @@ pub(crate) fn write(
                 writer.put_inode(entry.ino, &bytes)?;
             }
             writer.flush_inode_table()?;
-            // Consuming the writer hangs up on both threads (also on an early error).
+            // Consuming the writer hangs up on the reader and writer threads (also on
+            // an early error).
             let streamed = writer.streamed;
             Ok((writer.finish()?, streamed))
         })();
@@ -669,15 +658,20 @@ impl Writer<'_> {
         block: u64,
         data: &[u8],
     ) -> Result<(), Ext4Error> {
-        let blocks: Vec<&[u8]> = data.chunks(BLOCK_SIZE_USIZE).collect();
+        // Block k of `data` (the last one may be partial).
+        let count = data.len().div_ceil(BLOCK_SIZE_USIZE);
+        let zero = |k: usize| {
+            let start = k * BLOCK_SIZE_USIZE;
+            plan::is_zero(&data[start..(start + BLOCK_SIZE_USIZE).min(data.len())])
+        };
         let mut i = 0;
-        while i < blocks.len() {
-            if plan::is_zero(blocks[i]) {
+        while i < count {
+            if zero(i) {
                 i += 1;
                 continue;
             }
             let mut j = i + 1;
-            while j < blocks.len() && !plan::is_zero(blocks[j]) {
+            while j < count && !zero(j) {
                 j += 1;
             }
             // Blocks i..j hold data: allocate (maybe in pieces) and write.

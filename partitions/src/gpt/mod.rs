@@ -444,10 +444,17 @@ impl GptLayout {
     /// Writes both copies into `file` at their offsets (the file should already
     /// have its final length: sparse, so nothing else is written).
     pub fn write_to(&self, file: &File) -> Result<(), GptError> {
+        self.write_to_at(file, 0)
+    }
+
+    /// Like [`GptLayout::write_to`], for a disk that starts `base` bytes into `file`
+    /// (a VHDX payload mapped one to one, say).
+    pub fn write_to_at(&self, file: &File, base: u64) -> Result<(), GptError> {
         let primary = self.primary_bytes()?;
         let backup = self.backup_bytes()?;
-        let offset = self.backup_offset();
-        file.write_all_at(&primary, 0).map_err(|source| GptError::Io { offset: 0, source })?;
+        let offset = base + self.backup_offset();
+        file.write_all_at(&primary, base)
+            .map_err(|source| GptError::Io { offset: base, source })?;
         file.write_all_at(&backup, offset).map_err(|source| GptError::Io { offset, source })?;
         Ok(())
     }

@@ -29,16 +29,14 @@ use std::os::unix::fs::FileExt;
 use rustix::fs::FallocateFlags;
 
 use super::bat::{self, BatGeometry};
+// The streaming writer's piece and window: the same rule for which blocks are
+// present keeps the two writers' files byte-identical.
 use super::writer::{
-    VhdxOptions, VhdxSummary, bat_entries, checked_geometry, payload_start, write_tables,
+    PIECE, VhdxOptions, VhdxSummary, WINDOW, bat_entries, checked_geometry, payload_start,
+    write_tables,
 };
-use crate::container::source::file_data_ranges;
+use crate::container::source::{RawFile, file_data_ranges, read_ranges};
 use crate::container::{idx, is_zero};
-
-/// The unit data is read, checked and copied in.
-const PIECE: u64 = 4 << 20;
-/// How much of the payload map is asked for its data ranges at a time.
-const WINDOW: u64 = 1 << 30;
 
 /// How [`DirectVhdx::finish`] closes the gaps of absent blocks.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -166,7 +164,7 @@ impl<'f> DirectVhdx<'f> {
 
     /// Shows the final file to `observer`: the tables, then each present block.
     fn observe(&self, present: &[u64], observer: &mut dyn FileObserver) -> io::Result<()> {
-        let mut buf = vec![0u8; idx(PIECE.min(self.payload_start))];
+        let mut buf = vec![0u8; idx(PIECE)];
         let mut at = 0;
         while at < self.payload_start {
             let len = idx((self.payload_start - at).min(buf.len() as u64));
@@ -174,7 +172,6 @@ impl<'f> DirectVhdx<'f> {
             observer.data(at, &buf[..len]);
             at += len as u64;
         }
-        buf.resize(idx(PIECE), 0);
         for (rank, &block) in present.iter().enumerate() {
             let from = self.mapped(block);
             let to = self.mapped(rank as u64);
@@ -252,6 +249,7 @@ impl<'f> DirectVhdx<'f> {
     fn copy_down(&self, present: &[u64]) -> io::Result<()> {
         let mut buf = vec![0u8; idx(PIECE.min(self.geometry.block_size))];
         let piece = buf.len() as u64;
+        let map = RawFile::with_size(self.file.try_clone()?, self.file.metadata()?.len());
         for (rank, &block) in present.iter().enumerate() {
             let from = self.mapped(block);
             let to = self.mapped(rank as u64);
@@ -262,15 +260,7 @@ impl<'f> DirectVhdx<'f> {
             let mut within = 0;
             while within < self.geometry.block_size {
                 let start = from + within;
-                let end = start + piece;
-                buf.fill(0);
-                let mut non_zero = false;
-                for range in ranges.iter().filter(|r| r.start < end && r.end > start) {
-                    let (a, b) = (range.start.max(start), range.end.min(end));
-                    let part = &mut buf[idx(a - start)..idx(b - start)];
-                    self.file.read_exact_at(part, a)?;
-                    non_zero = non_zero || !is_zero(part);
-                }
+                let non_zero = read_ranges(&map, &mut buf, start, &ranges)?;
                 if non_zero {
                     self.file.write_all_at(&buf, to + within)?;
                 } else {

@@ -37,9 +37,9 @@ const LOG_LENGTH: u32 = 1 << 20;
 const METADATA_OFFSET: u64 = 2 * MIB;
 const BAT_OFFSET: u64 = 3 * MIB;
 /// The unit a block is read, checked and written in.
-const PIECE: u64 = 4 * MIB;
+pub(super) const PIECE: u64 = 4 * MIB;
 /// How much of the disk the reading thread asks data ranges for at a time.
-const WINDOW: u64 = 1 << 30;
+pub(super) const WINDOW: u64 = 1 << 30;
 /// Pieces in flight between the reading and the writing thread.
 const PIECES_IN_FLIGHT: usize = 4;
 const LOGICAL_SECTOR_SIZE: u32 = 512;

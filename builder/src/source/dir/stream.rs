@@ -27,7 +27,7 @@
 //! in that order wins); `mkfs` then does the whole job again the ordinary way, so
 //! that what it reports is exactly what it always reported.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::ffi::{CString, OsStr};
 use std::fs::File;
 use std::os::fd::{AsFd, OwnedFd};
@@ -103,9 +103,8 @@ fn write_listed<T>(
         let loaded = loading.join().unwrap_or_else(|_| Err(anyhow::anyhow!("the loader panicked")));
         (skeleton, written, loaded)
     });
-    let (loaded, linked) = loaded?;
-    let held = match (skeleton, loaded) {
-        (Ok(skeleton), Loaded::Complete) if links_agree(&skeleton.links, linked) => Some(skeleton),
+    let held = match (skeleton, loaded?) {
+        (Ok(skeleton), Some(linked)) if links_agree(&skeleton.links, &linked) => Some(skeleton),
         _ => None,
     };
     let (skeleton, written) = match (held, written) {
@@ -162,14 +161,6 @@ impl Drop for StopOnDrop<'_> {
     fn drop(&mut self) {
         self.0.stop();
     }
-}
-
-/// How loading ended (failures are errors).
-enum Loaded {
-    /// Every entry read, as the listing said.
-    Complete,
-    /// The listing was wrong about an entry: read everything again.
-    Inconsistent,
 }
 
 /// Why a loading thread stopped early.
@@ -382,13 +373,14 @@ struct LoadState {
 }
 
 /// Reads every non-directory the feed hands over into `pending`, in canonical order,
-/// with a few threads taking chunks in turn; returns how it ended and the nodes with
-/// several links.
+/// with a few threads taking chunks in turn; returns the nodes with several links
+/// once every entry is read as the listing said, `None` when the listing was wrong
+/// about an entry (everything must be read again).
 fn load(
     loader: &Loader<'_>,
     feed: &Feed,
     pending: &PendingNodes,
-) -> anyhow::Result<(Loaded, Vec<(HostInode, NodeId)>)> {
+) -> anyhow::Result<Option<Vec<(HostInode, NodeId)>>> {
     let state = LoadState::default();
     let threads = std::thread::available_parallelism().map_or(2, |n| n.get()).min(MAX_LOADERS);
     std::thread::scope(|scope| {
@@ -399,8 +391,8 @@ fn load(
     let linked = state.linked.into_inner().unwrap_or_else(PoisonError::into_inner);
     match state.first_stop.into_inner().unwrap_or_else(PoisonError::into_inner) {
         Some((_, Stop::Failed(error))) => Err(error),
-        Some((_, Stop::Inconsistent)) => Ok((Loaded::Inconsistent, linked)),
-        None => Ok((Loaded::Complete, linked)),
+        Some((_, Stop::Inconsistent)) => Ok(None),
+        None => Ok(Some(linked)),
     }
 }
 
@@ -480,15 +472,15 @@ fn open_scan_dir(dir: &ScanDir) -> anyhow::Result<OwnedFd> {
 
 /// Whether the hard links of the listing are those `stat` shows: every node's
 /// several names are one inode, and no two nodes are.
-fn links_agree(links: &[ToRead], linked: Vec<(HostInode, NodeId)>) -> bool {
-    let mut node_of: HashMap<HostInode, NodeId> = HashMap::with_capacity(linked.len());
-    for (inode, id) in linked {
-        if node_of.insert(inode, id).is_some() {
+fn links_agree(links: &[ToRead], linked: &[(HostInode, NodeId)]) -> bool {
+    let mut seen: HashSet<HostInode> = HashSet::with_capacity(linked.len());
+    let mut inode_of: HashMap<NodeId, HostInode> = HashMap::with_capacity(linked.len());
+    for &(inode, id) in linked {
+        if !seen.insert(inode) {
             return false;
         }
+        inode_of.insert(id, inode);
     }
-    let inode_of: HashMap<NodeId, HostInode> =
-        node_of.into_iter().map(|(inode, id)| (id, inode)).collect();
     links.iter().all(|link| {
         let path = link.dir.host_path.join(OsStr::from_bytes(link.name.as_bytes()));
         let stat = statx(CWD, &path, AtFlags::SYMLINK_NOFOLLOW, StatxFlags::BASIC_STATS);
@@ -671,9 +663,8 @@ mod tests {
         let skeleton = assemble(opts, root_meta, (root_dev, entries), total, &feed)?;
         let loaded = load(&loader, &feed, &pending);
         pending.stop();
-        let (loaded, linked) = loaded?;
-        Ok(match loaded {
-            Loaded::Complete if links_agree(&skeleton.links, linked) => {
+        Ok(match loaded? {
+            Some(linked) if links_agree(&skeleton.links, &linked) => {
                 let mut tree = skeleton.tree;
                 pending.complete(&mut tree);
                 Ok(tree)
