@@ -35,7 +35,7 @@ use std::sync::{Mutex, OnceLock};
 use crate::region::FileRegion;
 
 mod dots;
-use crate::tree::{FileTree, NodeId, NodeKind, Timestamp};
+use crate::tree::{FileTree, NodeId, NodeKind, Timestamp, child_path};
 
 const SECTOR: u64 = 512;
 const MIB: u64 = 1 << 20;
@@ -303,15 +303,15 @@ fn census(tree: &FileTree) -> Result<Census, FatError> {
                 // Names that differ only in case are one name on FAT.
                 let mut folded: BTreeMap<String, &[u8]> = BTreeMap::new();
                 for name in children.keys() {
-                    let child_path = join(&path, name);
+                    let entry_path = child_path(&path, name);
                     let text = check_name(name).map_err(|reason| FatError::BadName {
-                        path: path_text(&child_path),
+                        path: path_text(&entry_path),
                         reason,
                     })?;
                     if let Some(other) = folded.insert(text.to_uppercase(), name) {
                         return Err(FatError::NameClash {
-                            path: path_text(&child_path),
-                            other: path_text(&join(&path, other)),
+                            path: path_text(&entry_path),
+                            other: path_text(&child_path(&path, other)),
                         });
                     }
                 }
@@ -329,15 +329,6 @@ fn census(tree: &FileTree) -> Result<Census, FatError> {
         }
     }
     Ok(Census { entries })
-}
-
-fn join(dir: &[u8], name: &[u8]) -> Vec<u8> {
-    let mut path = dir.to_vec();
-    if !path.is_empty() {
-        path.push(b'/');
-    }
-    path.extend_from_slice(name);
-    path
 }
 
 /// Directory entries a name takes: long-name entries plus the short entry

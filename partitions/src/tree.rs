@@ -386,12 +386,7 @@ impl FileTree {
         while let Some((path, id)) = stack.pop() {
             if let NodeKind::Directory(children) = &self.nodes[id.0].kind {
                 for (name, child) in children.iter().rev() {
-                    let mut child_path = path.clone();
-                    if !child_path.is_empty() {
-                        child_path.push(b'/');
-                    }
-                    child_path.extend_from_slice(name);
-                    stack.push((child_path, *child));
+                    stack.push((child_path(&path, name), *child));
                 }
             }
             out.push((path, id));
@@ -488,6 +483,18 @@ impl PendingNodes {
             }
         }
     }
+}
+
+/// The tree path of the entry `name` in the directory at `dir` (the root's path is
+/// empty, so its entries' paths are their names).
+pub fn child_path(dir: &[u8], name: &[u8]) -> Vec<u8> {
+    let mut path = Vec::with_capacity(dir.len() + 1 + name.len());
+    path.extend_from_slice(dir);
+    if !path.is_empty() {
+        path.push(b'/');
+    }
+    path.extend_from_slice(name);
+    path
 }
 
 /// The non-empty components of a `/`-separated path.

@@ -42,7 +42,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use abforge_partitions::tree::{
-    Content, ContentSource, FileTree, Metadata, Node, NodeId, NodeKind, Timestamp,
+    Content, ContentSource, FileTree, Metadata, Node, NodeId, NodeKind, Timestamp, child_path,
 };
 use anyhow::Context;
 use rayon::prelude::*;
@@ -376,17 +376,6 @@ impl Loader<'_> {
             .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |left| left.checked_sub(len))
             .is_ok()
     }
-}
-
-/// The tree path of the entry `name` of the directory at `dir` in the tree.
-fn child_path(dir: &[u8], name: &[u8]) -> Vec<u8> {
-    let mut path = Vec::with_capacity(dir.len() + 1 + name.len());
-    path.extend_from_slice(dir);
-    if !path.is_empty() {
-        path.push(b'/');
-    }
-    path.extend_from_slice(name);
-    path
 }
 
 /// Buffers one loading thread reuses from entry to entry.

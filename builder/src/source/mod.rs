@@ -19,7 +19,9 @@ pub mod tar;
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
-use abforge_partitions::tree::{FileTree, Metadata, Node, NodeId, NodeKind, Timestamp, components};
+use abforge_partitions::tree::{
+    FileTree, Metadata, Node, NodeId, NodeKind, Timestamp, child_path, components,
+};
 use anyhow::Context;
 
 use crate::error::UsageError;
@@ -161,11 +163,7 @@ pub fn canonicalize(mut raw: FileTree, opts: &SourceOptions) -> FileTree {
     let push_children =
         |stack: &mut Vec<Pending>, children: BTreeMap<Vec<u8>, NodeId>, parent, dir_path: &[u8]| {
             for (name, child) in children.into_iter().rev() {
-                let mut path = dir_path.to_vec();
-                if !path.is_empty() {
-                    path.push(b'/');
-                }
-                path.extend_from_slice(&name);
+                let path = child_path(dir_path, &name);
                 stack.push(Pending { raw: child, parent, name, path });
             }
         };

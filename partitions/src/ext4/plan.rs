@@ -8,7 +8,7 @@ use super::extent::{self, ExtentList, MAX_EXTENT_LEN};
 use super::{BLOCK_SIZE, BLOCK_SIZE_USIZE, BLOCKS_PER_GROUP, Ext4Error, Ext4Options, FIRST_INO};
 use super::{INODE_SIZE, ROOT_INO};
 use super::{dir, journal, xattr};
-use crate::tree::{Content, FileTree, Node, NodeId, NodeKind, PendingNodes};
+use crate::tree::{Content, FileTree, Node, NodeId, NodeKind, PendingNodes, child_path};
 use std::ops::Range;
 
 /// Longest file: logical block numbers are 32-bit.
@@ -226,12 +226,7 @@ impl<'t> Plan<'t> {
             |stack: &mut Vec<(Vec<u8>, NodeId, u32)>, path: &[u8], id: NodeId, ino: u32| {
                 let children: Vec<(&[u8], NodeId)> = tree.children(id).collect();
                 for (name, child) in children.into_iter().rev() {
-                    let mut child_path = path.to_vec();
-                    if !child_path.is_empty() {
-                        child_path.push(b'/');
-                    }
-                    child_path.extend_from_slice(name);
-                    stack.push((child_path, child, ino));
+                    stack.push((child_path(path, name), child, ino));
                 }
             };
         push_children(&mut stack, b"", root, ROOT_INO);

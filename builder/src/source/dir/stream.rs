@@ -38,7 +38,9 @@ use std::sync::{Arc, Condvar, Mutex, PoisonError};
 
 use abforge_partitions::FileRegion;
 use abforge_partitions::ext4::{self, Ext4Options, Ext4Summary};
-use abforge_partitions::tree::{Content, FileTree, Metadata, Node, NodeId, NodeKind, PendingNodes};
+use abforge_partitions::tree::{
+    Content, FileTree, Metadata, Node, NodeId, NodeKind, PendingNodes, child_path,
+};
 use anyhow::Context;
 use rayon::prelude::*;
 use rustix::fs::{AtFlags, CWD, Dir, FileType, StatxFlags, statx};
@@ -556,7 +558,7 @@ fn list_dir(
         // nor tested against exclusions.
         let mut entry_tree_path = Vec::new();
         if listed == FileType::Directory || !opts.exclude.is_empty() {
-            entry_tree_path = super::child_path(tree_path, name.to_bytes());
+            entry_tree_path = child_path(tree_path, name.to_bytes());
             if is_excluded(opts, &entry_tree_path) {
                 continue;
             }
